@@ -1,0 +1,181 @@
+"""The wire protocol of docs/protocol.md: framing, payload parsing and every limit.
+
+This module owns bytes <-> typed messages and nothing else: it knows which keys a
+verb takes, never what the verb does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import struct
+
+from .errors import FrameError, ProtocolError
+
+MAGIC = b"TD"
+VERSION = 1
+HEADER = struct.Struct(">2sBBI")
+HEADER_SIZE = HEADER.size  # 8
+
+MAX_REQUEST_PAYLOAD = 4096
+MAX_REPLY_PAYLOAD = 65536
+MAX_AUTH_REPLY_PAYLOAD = 4096
+MAX_VALUE = 1024
+MAX_MESSAGE = 512
+MAX_USER = 256
+MAX_LIST_LIMIT = 200
+
+_VERB = re.compile(r"[a-z_]{1,32}")
+_STATUS = re.compile(r"[A-Z_]{1,32}")
+_KEY = re.compile(r"[a-z_]{1,32}")
+# C0 controls, DEL and C1 controls: forbidden in every value and every account name.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+_COMMON = {"user", "service", "rhost", "tty"}
+# verb -> (required keys, optional keys)
+VERBS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+    "ping": (frozenset(), frozenset()),
+    "check": (frozenset({"user"}), frozenset(_COMMON)),
+    "verify": (frozenset({"user", "code"}), frozenset(_COMMON)),
+    "enroll": (
+        frozenset({"user"}),
+        frozenset(_COMMON | {"algorithm", "digits", "period", "issuer", "secret", "activate", "force", "proof"}),
+    ),
+    "confirm": (frozenset({"user", "code"}), frozenset(_COMMON)),
+    "status": (frozenset({"user"}), frozenset(_COMMON)),
+    "list": (frozenset(), frozenset({"offset", "limit"})),
+    "reset": (frozenset({"user"}), frozenset(_COMMON)),
+    "unlock": (frozenset({"user"}), frozenset(_COMMON)),
+    "recovery_codes": (frozenset({"user"}), frozenset(_COMMON | {"proof"})),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    verb: str
+    fields: dict[str, str]
+
+    def get(self, key: str, default: str = "") -> str:
+        return self.fields.get(key, default)
+
+    @property
+    def user(self) -> str:
+        return self.fields.get("user", "")
+
+    def flag(self, key: str) -> bool:
+        value = self.fields.get(key, "0")
+        if value not in ("0", "1"):
+            raise ProtocolError(f"'{key}' must be 0 or 1")
+        return value == "1"
+
+
+@dataclasses.dataclass(frozen=True)
+class Reply:
+    status: str
+    fields: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def message(self) -> str:
+        return self.fields.get("message", "")
+
+
+def encode_frame(payload: bytes) -> bytes:
+    return HEADER.pack(MAGIC, VERSION, 0, len(payload)) + payload
+
+
+def parse_header(header: bytes, limit: int) -> int:
+    """Check an 8-byte header and return the payload length it announces."""
+    magic, version, flags, length = HEADER.unpack(header)
+    if magic != MAGIC:
+        raise FrameError("not a totpd frame (bad magic)")
+    if version != VERSION:
+        raise FrameError(f"unsupported protocol version {version} (this daemon speaks {VERSION})")
+    if flags != 0:
+        raise FrameError("reserved header flags are set")
+    if length == 0:
+        raise FrameError("empty payload")
+    if length > limit:
+        raise FrameError(f"frame of {length} bytes is over the limit of {limit}")
+    return length
+
+
+def _lines(payload: bytes) -> list[str]:
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError("payload is not valid UTF-8") from None
+    if not text.endswith("\n"):
+        raise ProtocolError("payload does not end with a line feed")
+    return text[:-1].split("\n")
+
+
+def _fields(lines: list[str], value_limit: int | None) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for line in lines:
+        key, sep, value = line.partition("=")
+        if not sep or not _KEY.fullmatch(key):
+            raise ProtocolError("malformed line: expected key=value with a lowercase key")
+        if key in fields:
+            raise ProtocolError(f"key '{key}' appears twice")
+        if _CONTROL.search(value):
+            raise ProtocolError(f"value of '{key}' contains a control character")
+        if value_limit is not None and len(value.encode()) > value_limit:
+            raise ProtocolError(f"value of '{key}' is longer than {value_limit} bytes")
+        fields[key] = value
+    return fields
+
+
+def check_user(user: str) -> str:
+    """Refuse account names that are hostile or simply not names."""
+    if not user:
+        raise ProtocolError("'user' is empty")
+    if len(user.encode()) > MAX_USER:
+        raise ProtocolError(f"'user' is longer than {MAX_USER} bytes")
+    if _CONTROL.search(user) or "/" in user or user in (".", ".."):
+        raise ProtocolError("'user' is not a valid account name")
+    return user
+
+
+def decode_request(payload: bytes) -> Request:
+    lines = _lines(payload)
+    verb = lines[0]
+    if not _VERB.fullmatch(verb):
+        raise ProtocolError("first line must be a lowercase verb")
+    if verb not in VERBS:
+        raise ProtocolError(f"unknown verb '{verb}'")
+    fields = _fields(lines[1:], MAX_VALUE)
+    required, optional = VERBS[verb]
+    for key in fields:
+        if key not in required and key not in optional:
+            raise ProtocolError(f"verb '{verb}' takes no key '{key}'")
+    missing = sorted(required - fields.keys())
+    if missing:
+        raise ProtocolError(f"verb '{verb}' needs key '{missing[0]}'")
+    if "user" in fields:
+        check_user(fields["user"])
+    return Request(verb, fields)
+
+
+def encode_request(verb: str, fields: dict[str, str]) -> bytes:
+    return encode_frame(_payload(verb, fields))
+
+
+def encode_reply(reply: Reply) -> bytes:
+    return encode_frame(_payload(reply.status, reply.fields))
+
+
+def decode_reply(payload: bytes) -> Reply:
+    lines = _lines(payload)
+    if not _STATUS.fullmatch(lines[0]):
+        raise ProtocolError("reply does not start with a status")
+    return Reply(lines[0], _fields(lines[1:], None))
+
+
+def _payload(first: str, fields: dict[str, str]) -> bytes:
+    parts = [first]
+    for key, value in fields.items():
+        value = str(value)
+        if _CONTROL.search(value):
+            raise ProtocolError(f"value of '{key}' contains a control character")
+        parts.append(f"{key}={value}")
+    return ("\n".join(parts) + "\n").encode()
