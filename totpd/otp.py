@@ -1,0 +1,124 @@
+"""TOTP maths (RFC 6238), on pyotp.
+
+This module turns (secret, parameters, code, time) into "which time step matched",
+and builds enrollment URIs. It knows nothing of accounts, replay or throttling:
+deciding "accepted" is the service's job, with the store's replay state.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import hashlib
+import hmac
+import re
+import secrets as _secrets
+
+import pyotp
+
+ALGORITHMS = {"SHA1": hashlib.sha1, "SHA256": hashlib.sha256, "SHA512": hashlib.sha512}
+DIGITS = (6, 8)
+MIN_PERIOD, MAX_PERIOD = 15, 300
+# New secrets are 160 bits (RFC 4226's recommendation). Secrets brought in from
+# elsewhere may be shorter: google-authenticator-libpam writes 80-bit secrets, and
+# people's phones already hold them, so 80 bits is the floor we accept.
+NEW_SECRET_BYTES = 20
+MIN_IMPORTED_SECRET_BYTES = 10
+MAX_SECRET_BYTES = 128
+
+RECOVERY_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"  # no 0/o, 1/l: read aloud, typed from paper
+RECOVERY_GROUPS, RECOVERY_GROUP_LEN = 3, 4  # 12 symbols x 5 bits = 60 bits
+
+
+@dataclasses.dataclass(frozen=True)
+class Params:
+    algorithm: str = "SHA1"
+    digits: int = 6
+    period: int = 30
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError("algorithm must be SHA1, SHA256 or SHA512")
+        if self.digits not in DIGITS:
+            raise ValueError("digits must be 6 or 8")
+        if not MIN_PERIOD <= self.period <= MAX_PERIOD:
+            raise ValueError(f"period must be from {MIN_PERIOD} to {MAX_PERIOD} seconds")
+
+
+class _TOTP(pyotp.TOTP):
+    min_secret_length_bits = MIN_IMPORTED_SECRET_BYTES * 8
+
+
+def new_secret() -> bytes:
+    return _secrets.token_bytes(NEW_SECRET_BYTES)
+
+
+def encode_secret(secret: bytes) -> str:
+    return base64.b32encode(secret).decode().rstrip("=")
+
+
+def decode_secret(text: str) -> bytes:
+    """Parse a base32 secret as people and other tools write it (spaces, lower case, padding)."""
+    cleaned = re.sub(r"[\s-]", "", text).upper().rstrip("=")
+    if not cleaned or not re.fullmatch(r"[A-Z2-7]+", cleaned):
+        raise ValueError("the secret is not base32 (letters A-Z and digits 2-7)")
+    try:
+        secret = base64.b32decode(cleaned + "=" * (-len(cleaned) % 8))
+    except binascii.Error:
+        raise ValueError("the secret is not valid base32") from None
+    if len(secret) < MIN_IMPORTED_SECRET_BYTES:
+        raise ValueError(f"the secret is shorter than {MIN_IMPORTED_SECRET_BYTES * 8} bits")
+    if len(secret) > MAX_SECRET_BYTES:
+        raise ValueError(f"the secret is longer than {MAX_SECRET_BYTES} bytes")
+    return secret
+
+
+def _totp(secret: bytes, params: Params) -> _TOTP:
+    return _TOTP(encode_secret(secret), digits=params.digits, digest=ALGORITHMS[params.algorithm], interval=params.period)
+
+
+def code_at_step(secret: bytes, params: Params, step: int) -> str:
+    return _totp(secret, params).generate_otp(step)
+
+
+def time_step(now: float, params: Params) -> int:
+    return int(now) // params.period
+
+
+def match_step(secret: bytes, params: Params, code: str, now: float, window: int) -> int | None:
+    """Return the time step within +/-window of `now` whose code equals `code`, or None.
+
+    Every candidate is computed and compared in constant time, so the time taken
+    does not say which step (if any) matched. When two steps share a code, the later
+    one wins: it burns the most replay state.
+    """
+    if len(code) != params.digits or not code.isascii() or not code.isdigit():
+        return None
+    totp = _totp(secret, params)
+    current = time_step(now, params)
+    matched = None
+    for step in range(current - window, current + window + 1):
+        if step >= 0 and hmac.compare_digest(totp.generate_otp(step), code):
+            matched = step
+    return matched
+
+
+def provisioning_uri(secret: bytes, user: str, issuer: str, params: Params) -> str:
+    """otpauth:// URI; algorithm, digits and period appear only when not the defaults."""
+    return _totp(secret, params).provisioning_uri(name=user, issuer_name=issuer)
+
+
+def new_recovery_code() -> str:
+    symbols = "".join(_secrets.choice(RECOVERY_ALPHABET) for _ in range(RECOVERY_GROUPS * RECOVERY_GROUP_LEN))
+    groups = [symbols[i : i + RECOVERY_GROUP_LEN] for i in range(0, len(symbols), RECOVERY_GROUP_LEN)]
+    return "-".join(groups)
+
+
+def normalize_recovery_code(text: str) -> str:
+    """Recovery codes are compared without case, spaces or dashes."""
+    return re.sub(r"[\s-]", "", text).lower()
+
+
+def looks_like_totp(code: str, params: Params) -> bool:
+    return len(code) == params.digits and code.isascii() and code.isdigit()

@@ -1,0 +1,98 @@
+"""Secrets at rest: AES-256-GCM under one master key.
+
+A sealed value is `version byte || 12-byte nonce || ciphertext+tag`. The associated
+data binds each sealed secret to its account and purpose, so a secret cannot be
+moved from one row to another without the open failing. A database copied without
+the key yields no secret.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from .errors import SealingError
+
+KEY_BYTES = 32
+NONCE_BYTES = 12
+_FORMAT = b"\x01"
+
+
+class Sealer:
+    def __init__(self, key: bytes) -> None:
+        if len(key) != KEY_BYTES:
+            raise SealingError(f"the master key must be {KEY_BYTES} bytes, not {len(key)}")
+        self._aead = AESGCM(key)
+
+    def seal(self, plaintext: bytes, context: str) -> bytes:
+        nonce = os.urandom(NONCE_BYTES)
+        return _FORMAT + nonce + self._aead.encrypt(nonce, plaintext, context.encode())
+
+    def open(self, sealed: bytes, context: str) -> bytes:
+        if len(sealed) < 1 + NONCE_BYTES + 16 or sealed[:1] != _FORMAT:
+            raise SealingError("a sealed value in the store is malformed")
+        nonce = sealed[1 : 1 + NONCE_BYTES]
+        try:
+            return self._aead.decrypt(nonce, sealed[1 + NONCE_BYTES :], context.encode())
+        except InvalidTag:
+            raise SealingError("a sealed value does not open with this master key") from None
+
+
+def load_key(path: str, create: bool) -> bytes:
+    """Read the master key; create it (0600, 32 random bytes) when `create` and it is missing."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        if not create:
+            raise SealingError(f"{path}: the master key is missing") from None
+        return _create_key(path)
+    except OSError as exc:
+        raise SealingError(f"{path}: cannot read the master key: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise SealingError(f"{path}: the master key is not a regular file")
+        if info.st_mode & 0o077:
+            raise SealingError(f"{path}: the master key is readable by others; chmod 600 it")
+        key = os.read(fd, KEY_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(key) != KEY_BYTES:
+        raise SealingError(f"{path}: the master key must be exactly {KEY_BYTES} bytes, found {len(key)}")
+    return key
+
+
+def load_credential(path: str) -> bytes:
+    """Read a key that systemd handed over with LoadCredential= (already protected by systemd)."""
+    try:
+        with open(path, "rb") as handle:
+            key = handle.read(KEY_BYTES + 1)
+    except OSError as exc:
+        raise SealingError(f"{path}: cannot read the master key credential: {exc.strerror}") from None
+    if len(key) != KEY_BYTES:
+        raise SealingError(f"{path}: the master key must be exactly {KEY_BYTES} bytes, found {len(key)}")
+    return key
+
+
+def _create_key(path: str) -> bytes:
+    key = os.urandom(KEY_BYTES)
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise SealingError(f"{path}: cannot create the master key: {exc.strerror}") from None
+    try:
+        os.write(fd, key)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return key

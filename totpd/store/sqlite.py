@@ -1,0 +1,321 @@
+"""The embedded SQLite store (WAL, synchronous=FULL) with group commit.
+
+One thread owns the connection. Units of work queue up; the thread takes every one
+that is waiting, runs each inside its own SAVEPOINT of a single transaction, commits
+once (one fsync for the whole batch), and only then resolves their futures. A unit
+that raises is rolled back alone; a commit that fails (full disk, I/O error) fails
+every unit of the batch, so no reply ever claims state that was not written.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import queue
+import sqlite3
+import stat
+import threading
+from typing import Callable, TypeVar
+
+from ..errors import StoreError, StoreUnavailable
+from . import SCHEMA_VERSION, Account, Store, Transaction
+
+T = TypeVar("T")
+
+MAX_BATCH = 512
+
+_MIGRATIONS: dict[int, list[str]] = {
+    1: [
+        """CREATE TABLE meta (
+            key TEXT PRIMARY KEY,
+            value BLOB NOT NULL
+        )""",
+        """CREATE TABLE accounts (
+            user TEXT PRIMARY KEY,
+            secret BLOB,
+            algorithm TEXT NOT NULL DEFAULT 'SHA1',
+            digits INTEGER NOT NULL DEFAULT 6,
+            period INTEGER NOT NULL DEFAULT 30,
+            last_step INTEGER NOT NULL DEFAULT -1,
+            failures INTEGER NOT NULL DEFAULT 0,
+            locked_until REAL NOT NULL DEFAULT 0,
+            locked INTEGER NOT NULL DEFAULT 0,
+            created REAL NOT NULL,
+            confirmed REAL,
+            pending_secret BLOB,
+            pending_algorithm TEXT,
+            pending_digits INTEGER,
+            pending_period INTEGER
+        )""",
+        """CREATE TABLE recovery_codes (
+            user TEXT NOT NULL REFERENCES accounts(user) ON DELETE CASCADE,
+            id INTEGER NOT NULL,
+            hash TEXT NOT NULL,
+            PRIMARY KEY (user, id)
+        )""",
+    ],
+}
+
+_COLUMNS = (
+    "user, secret, algorithm, digits, period, last_step, failures, locked_until, locked, "
+    "created, confirmed, pending_secret, pending_algorithm, pending_digits, pending_period"
+)
+
+
+def _account(row: tuple) -> Account:
+    return Account(
+        user=row[0],
+        secret=row[1],
+        algorithm=row[2],
+        digits=row[3],
+        period=row[4],
+        last_step=row[5],
+        failures=row[6],
+        locked_until=row[7],
+        locked=bool(row[8]),
+        created=row[9],
+        confirmed=row[10],
+        pending_secret=row[11],
+        pending_algorithm=row[12],
+        pending_digits=row[13],
+        pending_period=row[14],
+    )
+
+
+class SQLiteTransaction(Transaction):
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._db = conn
+
+    def get(self, user: str) -> Account | None:
+        row = self._db.execute(f"SELECT {_COLUMNS} FROM accounts WHERE user = ?", (user,)).fetchone()
+        return _account(row) if row else None
+
+    def put_pending(self, user: str, sealed: bytes, algorithm: str, digits: int, period: int, now: float) -> None:
+        self._db.execute(
+            "INSERT INTO accounts (user, created, pending_secret, pending_algorithm, pending_digits, pending_period)"
+            " VALUES (?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (user) DO UPDATE SET pending_secret = excluded.pending_secret,"
+            " pending_algorithm = excluded.pending_algorithm, pending_digits = excluded.pending_digits,"
+            " pending_period = excluded.pending_period",
+            (user, now, sealed, algorithm, digits, period),
+        )
+
+    def activate_pending(self, user: str, now: float) -> bool:
+        cursor = self._db.execute(
+            "UPDATE accounts SET secret = pending_secret, algorithm = pending_algorithm,"
+            " digits = pending_digits, period = pending_period, last_step = -1, failures = 0,"
+            " locked_until = 0, locked = 0, confirmed = ?, pending_secret = NULL,"
+            " pending_algorithm = NULL, pending_digits = NULL, pending_period = NULL"
+            " WHERE user = ? AND pending_secret IS NOT NULL",
+            (now, user),
+        )
+        return cursor.rowcount == 1
+
+    def advance_step(self, user: str, step: int) -> bool:
+        cursor = self._db.execute(
+            "UPDATE accounts SET last_step = ?, failures = 0, locked_until = 0"
+            " WHERE user = ? AND last_step < ? AND locked = 0",
+            (step, user, step),
+        )
+        return cursor.rowcount == 1
+
+    def set_failures(self, user: str, failures: int, locked_until: float, locked: bool) -> None:
+        self._db.execute(
+            "UPDATE accounts SET failures = ?, locked_until = ?, locked = ? WHERE user = ?",
+            (failures, locked_until, int(locked), user),
+        )
+
+    def delete(self, user: str) -> bool:
+        self._db.execute("DELETE FROM recovery_codes WHERE user = ?", (user,))
+        return self._db.execute("DELETE FROM accounts WHERE user = ?", (user,)).rowcount == 1
+
+    def recovery_hashes(self, user: str) -> list[tuple[int, str]]:
+        return self._db.execute("SELECT id, hash FROM recovery_codes WHERE user = ? ORDER BY id", (user,)).fetchall()
+
+    def replace_recovery_codes(self, user: str, hashes: list[str]) -> None:
+        self._db.execute("DELETE FROM recovery_codes WHERE user = ?", (user,))
+        self._db.executemany(
+            "INSERT INTO recovery_codes (user, id, hash) VALUES (?, ?, ?)",
+            [(user, index, value) for index, value in enumerate(hashes)],
+        )
+
+    def use_recovery_code(self, user: str, code_id: int) -> bool:
+        cursor = self._db.execute("DELETE FROM recovery_codes WHERE user = ? AND id = ?", (user, code_id))
+        return cursor.rowcount == 1
+
+    def count(self) -> int:
+        return self._db.execute("SELECT count(*) FROM accounts").fetchone()[0]
+
+    def page(self, offset: int, limit: int) -> list[tuple[Account, int]]:
+        rows = self._db.execute(
+            f"SELECT {_COLUMNS}, (SELECT count(*) FROM recovery_codes r WHERE r.user = a.user)"
+            " FROM accounts a ORDER BY user LIMIT ? OFFSET ?",
+            (limit, offset),
+        ).fetchall()
+        return [(_account(row[:15]), row[15]) for row in rows]
+
+    def get_meta(self, key: str) -> bytes | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: bytes) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+
+def _create_private_file(path: str) -> None:
+    """Create the database file 0600 before SQLite does, so it is never briefly readable."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot create the database: {exc.strerror}") from None
+    os.close(fd)
+
+
+class SQLiteStore(Store):
+    def __init__(self, path: str, key_check: Callable[[Transaction], None]) -> None:
+        self.path = path
+        _create_private_file(path)
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise StoreError(f"{path}: the database is not a regular file")
+        if info.st_mode & 0o077:
+            raise StoreError(f"{path}: the database is readable by others; chmod 600 it")
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._closed = False
+        started: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._thread = threading.Thread(target=self._serve, args=(started, key_check), name="sqlite-store", daemon=True)
+        self._thread.start()
+        started.result()  # re-raises an error from opening, migrating or the key check
+
+    # -- the store thread ------------------------------------------------------------
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
+            conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA busy_timeout = 5000")
+            self._migrate(conn)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: cannot open the database: {exc}") from None
+        return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:
+            tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            if tables:
+                raise StoreError(f"{self.path}: this SQLite file is not a totpd database")
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path}: the database has schema version {version}, newer than this totpd ({SCHEMA_VERSION});"
+                " upgrade totpd"
+            )
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _MIGRATIONS[target]:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {target}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    def _serve(self, started: concurrent.futures.Future[None], key_check: Callable[[Transaction], None]) -> None:
+        try:
+            conn = self._open()
+            try:
+                integrity = conn.execute("PRAGMA quick_check").fetchone()[0]
+            except sqlite3.DatabaseError as exc:
+                raise StoreError(f"{self.path}: the database is corrupt: {exc}") from None
+            if integrity != "ok":
+                raise StoreError(f"{self.path}: the database is corrupt: {integrity}")
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller of __init__
+            started.set_exception(exc)
+            return
+        self._run_batch(conn, [(key_check, started)])
+        if started.exception() is not None:
+            conn.close()
+            return
+        try:
+            while True:
+                item = self._queue.get()
+                if item is None:
+                    break
+                batch = [item]
+                while len(batch) < MAX_BATCH:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is None:
+                        self._queue.put(None)
+                        break
+                    batch.append(item)
+                self._run_batch(conn, batch)
+        finally:
+            conn.close()
+
+    def _run_batch(self, conn: sqlite3.Connection, batch: list) -> None:
+        results: list[tuple[concurrent.futures.Future, object, BaseException | None]] = []
+        tx = SQLiteTransaction(conn)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            error = StoreUnavailable(f"{self.path}: cannot start a transaction: {exc}")
+            for _, future in batch:
+                future.set_exception(error)
+            return
+        for work, future in batch:
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                conn.execute("SAVEPOINT unit")
+                value = work(tx)
+                conn.execute("RELEASE unit")
+                results.append((future, value, None))
+            except BaseException as exc:  # noqa: BLE001 - each unit fails alone
+                try:
+                    conn.execute("ROLLBACK TO unit")
+                    conn.execute("RELEASE unit")
+                except sqlite3.Error:
+                    pass
+                if isinstance(exc, sqlite3.Error):
+                    exc = StoreUnavailable(f"{self.path}: {exc}")
+                results.append((future, None, exc))
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            error = StoreUnavailable(f"{self.path}: cannot commit: {exc}")
+            results = [(future, None, error) for future, _, _ in results]
+        for future, value, exc in results:
+            if exc is not None:
+                future.set_exception(exc)
+            else:
+                future.set_result(value)
+
+    # -- the public side ---------------------------------------------------------------
+
+    def submit(self, work: Callable[[Transaction], T]) -> concurrent.futures.Future[T]:
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        if self._closed:
+            future.set_exception(StoreUnavailable("the store is closed"))
+            return future
+        self._queue.put((work, future))
+        return future
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._queue.put(None)
+            self._thread.join()
