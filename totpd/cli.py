@@ -1,0 +1,353 @@
+"""totpctl: enroll and manage accounts by talking to the daemon (never to the store).
+
+Exit status: 0 done; 1 the daemon said no (wrong code, not enrolled, forbidden, ...);
+2 bad usage or input; 3 the daemon could not be reached or answered garbage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import getpass
+import io
+import json
+import os
+import pwd
+import sys
+from typing import Any, NoReturn
+
+from . import __version__
+from .client import DEFAULT_SOCKET, Client
+from .errors import ClientError
+from .protocol import MAX_LIST_LIMIT, Reply
+
+EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
+
+
+class Refused(Exception):
+    """The daemon answered, and the answer was no."""
+
+    def __init__(self, reply: Reply, what: str) -> None:
+        detail = reply.message or reply.status.lower().replace("_", " ")
+        super().__init__(f"{what}: {detail}")
+        self.reply = reply
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    print(f"totpctl: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def _self_name() -> str:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        _fail(f"uid {os.getuid()} has no account name; name the account explicitly", EXIT_USAGE)
+
+
+def _call(args: argparse.Namespace, verb: str, ok: tuple[str, ...] = ("OK",), **fields: Any) -> Reply:
+    with Client(args.socket) as client:
+        reply = client.call(verb, **fields)
+    if reply.status not in ok:
+        raise Refused(reply, f"{verb} {fields.get('user', '')}".strip())
+    return reply
+
+
+def _read_secret(path: str) -> str:
+    try:
+        if path == "-":
+            text = sys.stdin.readline()
+        else:
+            with open(path, encoding="utf-8") as handle:
+                text = handle.readline()
+    except OSError as exc:
+        _fail(f"{path}: cannot read the secret: {exc.strerror}", EXIT_USAGE)
+    except UnicodeDecodeError:
+        _fail(f"{path}: the secret file is not text", EXIT_USAGE)
+    text = text.strip()
+    if not text:
+        _fail(f"{path}: no secret in the file (expected one base32 line)", EXIT_USAGE)
+    return text
+
+
+def _ask(prompt: str, secret_input: bool = True) -> str:
+    """Read a code from the person (no echo on a terminal) or from a line of stdin."""
+    if sys.stdin.isatty() and secret_input:
+        try:
+            return getpass.getpass(prompt).strip()
+        except (EOFError, KeyboardInterrupt):
+            return ""
+    print(prompt, end="", file=sys.stderr, flush=True)
+    answer = sys.stdin.readline().strip()
+    print(file=sys.stderr)  # the newline a person would have typed
+    return answer
+
+
+def _grouped(secret: str) -> str:
+    return " ".join(secret[i : i + 4] for i in range(0, len(secret), 4))
+
+
+def _write_private(path: str, writer: Any) -> None:
+    """QR images carry the secret: write them 0600, never through a world-readable window."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        _fail(f"{path}: cannot write: {exc.strerror}", EXIT_USAGE)
+    with os.fdopen(fd, "wb") as handle:
+        writer(handle)
+
+
+# -- commands ------------------------------------------------------------------------
+
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    user = args.user or _self_name()
+    fields: dict[str, Any] = {"user": user, "algorithm": args.algorithm, "digits": args.digits, "period": args.period}
+    if args.issuer:
+        fields["issuer"] = args.issuer
+    if args.secret_file:
+        fields["secret"] = _read_secret(args.secret_file)
+    if args.force:
+        fields["force"] = 1
+        if os.getuid() != 0:
+            fields["proof"] = _ask("Current code or a recovery code for the enrollment being replaced: ")
+    if args.no_confirm:
+        fields["activate"] = 1
+    reply = _call(args, "enroll", **fields)
+    uri, secret = reply.fields["uri"], reply.fields["secret"]
+    import segno  # only enrollment draws; every other command runs on the standard library alone
+
+    qr = segno.make(uri, error="m")
+    if args.qr_png:
+        _write_private(args.qr_png, lambda handle: qr.save(handle, kind="png", scale=8, border=4))
+    if args.qr_svg:
+        _write_private(args.qr_svg, lambda handle: qr.save(handle, kind="svg", scale=8, border=4))
+    out = sys.stderr if args.json else sys.stdout
+    if not args.json:
+        print("Scan this QR code with an authenticator app")
+        print("(Google Authenticator, FreeOTP, Aegis, 1Password, Authy, ...):\n")
+        buffer = io.StringIO()
+        qr.terminal(out=buffer, compact=True, border=2)
+        print(buffer.getvalue())
+        print(f"Or add it by hand: account {user}, time-based key:\n  {_grouped(secret)}")
+        print(f"URI: {uri}\n")
+    codes = reply.fields.get("recovery_codes", "")
+    pending = reply.fields.get("pending") == "1"
+    if pending:
+        code = _ask("Enter the code the app shows now, to confirm: ")
+        if not code:
+            print(f"Not confirmed: the enrollment of {user} stays pending (logins with it fail) until: totpctl confirm {user}", file=out)
+            return EXIT_REFUSED
+        codes = _call(args, "confirm", user=user, code=code).fields.get("recovery_codes", "")
+        pending = False
+    if args.json:
+        print(json.dumps({"user": user, "uri": uri, "secret": secret, "pending": pending, "recovery_codes": codes.split()}))
+    else:
+        _print_recovery_codes(user, codes)
+    return 0
+
+
+def _print_recovery_codes(user: str, codes: str) -> None:
+    print(f"Enrolled {user}. Recovery codes: each works once in place of a code.")
+    print("Keep them somewhere safe; they are not shown again:")
+    for code in codes.split():
+        print(f"  {code}")
+
+
+def cmd_confirm(args: argparse.Namespace) -> int:
+    user = args.user or _self_name()
+    code = args.code if args.code not in (None, "-") else _ask("Code from the app: ")
+    codes = _call(args, "confirm", user=user, code=code).fields.get("recovery_codes", "")
+    if args.json:
+        print(json.dumps({"user": user, "recovery_codes": codes.split()}))
+    else:
+        _print_recovery_codes(user, codes)
+    return 0
+
+
+def _when(value: str) -> str:
+    if not value or value == "0":
+        return "-"
+    return datetime.datetime.fromtimestamp(int(value), datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _state(fields: dict[str, Any]) -> str:
+    if str(fields.get("locked")) == "1":
+        return "locked"
+    if str(fields.get("locked_until", "0")) not in ("0", ""):
+        return "backoff"
+    if str(fields.get("enrolled")) == "1":
+        return "active+pending" if str(fields.get("pending")) == "1" else "active"
+    return "pending"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    user = args.user or _self_name()
+    fields = _call(args, "status", user=user).fields
+    if args.json:
+        print(json.dumps({"user": user, **_typed(fields)}))
+        return 0
+    print(f"account:         {user}")
+    print(f"state:           {_state(fields)}")
+    print(f"failures:        {fields.get('failures', '0')} consecutive")
+    if fields.get("locked_until", "0") != "0":
+        print(f"backoff until:   {_when(fields['locked_until'])}")
+    print(f"recovery codes:  {fields.get('recovery_codes_left', '0')} left")
+    print(f"token:           {fields.get('algorithm')}, {fields.get('digits')} digits, every {fields.get('period')} s")
+    print(f"enrolled:        {_when(fields.get('created', ''))}")
+    print(f"confirmed:       {_when(fields.get('confirmed', ''))}")
+    return 0
+
+
+def _typed(fields: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in fields.items():
+        if key == "message":
+            continue
+        out[key] = int(value) if value.isdigit() else (None if value == "" else value)
+    for key in ("enrolled", "pending", "locked"):
+        if key in out:
+            out[key] = bool(out[key])
+    return out
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    accounts: list[dict[str, Any]] = []
+    offset = 0
+    with Client(args.socket) as client:
+        while True:
+            reply = client.call("list", offset=offset, limit=MAX_LIST_LIMIT)
+            if reply.status != "OK":
+                raise Refused(reply, "list")
+            page = json.loads(reply.fields.get("accounts", "[]"))
+            accounts.extend(page)
+            offset += len(page)
+            if not page or offset >= int(reply.fields.get("total", "0")):
+                break
+    if args.json:
+        print(json.dumps(accounts))
+        return 0
+    print(f"{'ACCOUNT':<24} {'STATE':<15} {'FAILURES':>8} {'RECOVERY':>8}  {'TOKEN':<16} CONFIRMED")
+    for entry in accounts:
+        token = f"{entry['algorithm']}/{entry['digits']}/{entry['period']}s"
+        print(
+            f"{entry['user']:<24} {_state(entry):<15} {entry['failures']:>8} {entry['recovery_codes_left']:>8}"
+            f"  {token:<16} {_when(str(entry.get('confirmed') or ''))}"
+        )
+    print(f"{len(accounts)} account{'s' if len(accounts) != 1 else ''}")
+    return 0
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    _call(args, "reset", user=args.user)
+    print(f"Reset {args.user}: the enrollment and its recovery codes are gone.")
+    return 0
+
+
+def cmd_unlock(args: argparse.Namespace) -> int:
+    _call(args, "unlock", user=args.user)
+    print(f"Unlocked {args.user}.")
+    return 0
+
+
+def cmd_recovery_codes(args: argparse.Namespace) -> int:
+    user = args.user or _self_name()
+    if not args.regenerate:
+        fields = _call(args, "status", user=user).fields
+        left = fields.get("recovery_codes_left", "0")
+        if args.json:
+            print(json.dumps({"user": user, "recovery_codes_left": int(left)}))
+        else:
+            print(f"{user} has {left} recovery codes left; new ones: totpctl recovery-codes {user} --regenerate")
+        return 0
+    fields: dict[str, Any] = {"user": user}
+    if os.getuid() != 0:
+        fields["proof"] = _ask("Current code or a recovery code: ")
+    codes = _call(args, "recovery_codes", **fields).fields.get("recovery_codes", "")
+    if args.json:
+        print(json.dumps({"user": user, "recovery_codes": codes.split()}))
+    else:
+        print("The old recovery codes no longer work.")
+        _print_recovery_codes(user, codes)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    code = args.code if args.code != "-" else sys.stdin.readline().strip()
+    reply = _call(args, "verify", ok=("ACCEPTED",), user=args.user, code=code, service="totpctl")
+    if args.json:
+        print(json.dumps({"user": args.user, "accepted": True}))
+    else:
+        print(f"Accepted code for {args.user}.")
+    if reply.message:
+        print(reply.message, file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="totpctl", description="Enroll and manage TOTP second factors (talks to totpd).")
+    parser.add_argument("--socket", default=os.environ.get("TOTPD_SOCKET", DEFAULT_SOCKET), help="daemon socket (default %(default)s)")
+    parser.add_argument("--version", action="version", version=f"totpctl {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    enroll = sub.add_parser("enroll", parents=[common], help="enroll an account (your own when USER is left out)")
+    enroll.add_argument("user", nargs="?", metavar="USER")
+    enroll.add_argument("--issuer", help="issuer shown in the app (default: the daemon's, usually the host name)")
+    enroll.add_argument("--digits", type=int, choices=(6, 8), default=6)
+    enroll.add_argument("--algorithm", type=str.upper, choices=("SHA1", "SHA256", "SHA512"), default="SHA1")
+    enroll.add_argument("--period", type=int, default=30, help="seconds per code (default 30)")
+    enroll.add_argument("--qr-png", metavar="FILE", help="also write the QR code as PNG (mode 0600)")
+    enroll.add_argument("--qr-svg", metavar="FILE", help="also write the QR code as SVG (mode 0600)")
+    enroll.add_argument("--no-confirm", action="store_true", help="activate at once, without a first code (provisioning)")
+    enroll.add_argument("--force", action="store_true", help="replace an existing enrollment")
+    enroll.add_argument("--secret-file", metavar="PATH", help="provision this base32 secret (- for stdin) instead of a new one")
+    enroll.set_defaults(func=cmd_enroll)
+
+    confirm = sub.add_parser("confirm", parents=[common], help="confirm a pending enrollment with a first code")
+    confirm.add_argument("user", nargs="?", metavar="USER")
+    confirm.add_argument("code", nargs="?", metavar="CODE", help="the code (- or left out: asked for)")
+    confirm.set_defaults(func=cmd_confirm)
+
+    status = sub.add_parser("status", parents=[common], help="show an account's state")
+    status.add_argument("user", nargs="?", metavar="USER")
+    status.set_defaults(func=cmd_status)
+
+    listing = sub.add_parser("list", parents=[common], help="list enrolled accounts")
+    listing.set_defaults(func=cmd_list)
+
+    reset = sub.add_parser("reset", parents=[common], help="remove an account's enrollment")
+    reset.add_argument("user", metavar="USER")
+    reset.set_defaults(func=cmd_reset)
+
+    unlock = sub.add_parser("unlock", parents=[common], help="lift a lockout")
+    unlock.add_argument("user", metavar="USER")
+    unlock.set_defaults(func=cmd_unlock)
+
+    codes = sub.add_parser("recovery-codes", parents=[common], help="count or regenerate recovery codes")
+    codes.add_argument("user", nargs="?", metavar="USER")
+    codes.add_argument("--regenerate", action="store_true", help="replace all recovery codes with new ones")
+    codes.set_defaults(func=cmd_recovery_codes)
+
+    verify = sub.add_parser("verify", parents=[common], help="check a code (counts as a login attempt)")
+    verify.add_argument("user", metavar="USER")
+    verify.add_argument("code", metavar="CODE", help="the code, or - to read it from stdin (keeps it out of ps)")
+    verify.set_defaults(func=cmd_verify)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except Refused as exc:
+        _fail(str(exc), EXIT_REFUSED)
+    except ClientError as exc:
+        _fail(str(exc), EXIT_UNREACHABLE)
+    except BrokenPipeError:
+        return EXIT_REFUSED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,283 @@
+"""The daemon: sockets, connections, limits, signals, start-up and shut-down.
+
+`totpd --config FILE` runs in the foreground and logs one line per event to stderr.
+It binds its socket itself, or takes the one systemd passes (LISTEN_FDS), and tells
+systemd when it is ready and when it stops (sd_notify), if systemd is listening.
+Every connection is bounded: one request at a time, a size limit checked before a
+payload is read, a read timeout, and caps on connections in total and per uid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import grp
+import logging
+import os
+import signal
+import socket
+import stat
+import struct
+import sys
+from collections import Counter
+
+from . import __version__, config as config_module
+from .audit import Audit
+from .config import Config
+from .errors import FrameError, ProtocolError, TotpdError
+from .protocol import (
+    HEADER_SIZE,
+    MAX_REQUEST_PAYLOAD,
+    Reply,
+    decode_request,
+    encode_reply,
+    parse_header,
+)
+from .sealing import Sealer, load_credential, load_key
+from .service import Caller, Service, key_check
+from .store import open_store
+
+log = logging.getLogger("totpd")
+
+SD_LISTEN_FDS_START = 3
+SHUTDOWN_GRACE = 10.0
+
+
+def _peer(sock: socket.socket) -> Caller:
+    pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    return Caller(pid, uid, gid)
+
+
+def sd_notify(message: str) -> None:
+    """Send one sd_notify(3) datagram if systemd (or a test) listens on NOTIFY_SOCKET."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        sock.sendto(message.encode(), address)
+
+
+def systemd_socket() -> socket.socket | None:
+    """The listening socket systemd handed over (LISTEN_FDS/LISTEN_PID), if any."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return None
+    count = int(os.environ.get("LISTEN_FDS", "0") or 0)
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)
+    if count < 1:
+        return None
+    if count > 1:
+        raise TotpdError(f"systemd passed {count} sockets; totpd listens on exactly one")
+    sock = socket.socket(fileno=SD_LISTEN_FDS_START)
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+        raise TotpdError("the socket systemd passed is not a Unix stream socket")
+    os.set_inheritable(sock.fileno(), False)
+    return sock
+
+
+def bind_socket(config: Config) -> socket.socket:
+    path = config.socket
+    os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o755, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        info = os.lstat(path)
+        if not stat.S_ISSOCK(info.st_mode):
+            raise TotpdError(f"{path}: exists and is not a socket; remove it or set 'socket' elsewhere")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)  # a stale socket from a daemon that died
+        else:
+            raise TotpdError(f"{path}: another daemon is already listening there")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    old_umask = os.umask(0o777)  # no window in which the socket is more open than configured
+    try:
+        sock.bind(path)
+    except OSError as exc:
+        sock.close()
+        raise TotpdError(f"{path}: cannot bind the socket: {exc.strerror}") from None
+    finally:
+        os.umask(old_umask)
+    if config.socket_group:
+        try:
+            gid = grp.getgrnam(config.socket_group).gr_gid
+        except KeyError:
+            sock.close()
+            raise TotpdError(f"{config.path}: key 'socket_group' names no group '{config.socket_group}'") from None
+        os.chown(path, -1, gid)
+    os.chmod(path, config.socket_mode)
+    sock.listen(512)
+    return sock
+
+
+class Daemon:
+    def __init__(self, config: Config, service: Service) -> None:
+        self.config = config
+        self.service = service
+        self._connections: Counter[int] = Counter()
+        self._total = 0
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._stopping = asyncio.Event()
+
+    async def serve(self, sock: socket.socket, owns_path: bool) -> None:
+        server = await asyncio.start_unix_server(self._connection, sock=sock, limit=MAX_REQUEST_PAYLOAD * 2)
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._stopping.set)
+        log.info("listening on %s (protocol 1, totpd %s)", self.config.socket, __version__)
+        sd_notify("READY=1\nSTATUS=serving")
+        watchdog = asyncio.create_task(self._watchdog())
+        try:
+            await self._stopping.wait()
+        finally:
+            sd_notify("STOPPING=1")
+            log.info("stopping: finishing requests in flight")
+            watchdog.cancel()
+            server.close()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), SHUTDOWN_GRACE)
+            if owns_path:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.config.socket)
+
+    async def _watchdog(self) -> None:
+        usec = os.environ.get("WATCHDOG_USEC")
+        if not usec or os.environ.get("WATCHDOG_PID", str(os.getpid())) != str(os.getpid()):
+            return
+        interval = int(usec) / 1e6 / 2
+        while True:
+            sd_notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    def _admit(self, caller: Caller) -> bool:
+        if self._total >= self.config.max_connections:
+            return False
+        if caller.uid != 0 and self._connections[caller.uid] >= self.config.max_connections_per_uid:
+            return False
+        self._total += 1
+        self._connections[caller.uid] += 1
+        return True
+
+    def _release(self, caller: Caller) -> None:
+        self._total -= 1
+        self._connections[caller.uid] -= 1
+        if not self._connections[caller.uid]:
+            del self._connections[caller.uid]
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        caller = _peer(writer.get_extra_info("socket"))
+        if not self._admit(caller):
+            log.warning("refusing a connection from uid %d pid %d: too many connections", caller.uid, caller.pid)
+            await self._send_and_close(writer, Reply("BUSY", {"message": "The two-factor service is busy; try again."}))
+            return
+        try:
+            await self._serve_connection(reader, writer, caller)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._release(caller)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, caller: Caller) -> None:
+        timeout = self.config.read_timeout
+        while not self._stopping.is_set():
+            try:
+                header = await asyncio.wait_for(reader.readexactly(HEADER_SIZE), timeout)
+            except asyncio.IncompleteReadError as exc:
+                if exc.partial:
+                    log.warning("uid %d pid %d sent a truncated frame header", caller.uid, caller.pid)
+                return
+            except asyncio.TimeoutError:
+                return
+            try:
+                length = parse_header(header, MAX_REQUEST_PAYLOAD)
+            except FrameError as exc:
+                log.warning("uid %d pid %d: malformed frame: %s", caller.uid, caller.pid, exc)
+                await self._send_and_close(writer, Reply("BAD_REQUEST", {"message": str(exc)}))
+                return
+            try:
+                payload = await asyncio.wait_for(reader.readexactly(length), timeout)
+            except asyncio.IncompleteReadError:
+                log.warning("uid %d pid %d sent a truncated frame", caller.uid, caller.pid)
+                return
+            except asyncio.TimeoutError:
+                log.warning("uid %d pid %d: timed out in the middle of a frame", caller.uid, caller.pid)
+                return
+            reply = await self._answer(payload, caller)
+            writer.write(encode_reply(reply))
+            await writer.drain()
+
+    async def _answer(self, payload: bytes, caller: Caller) -> Reply:
+        try:
+            request = decode_request(payload)
+        except ProtocolError as exc:
+            log.warning("uid %d pid %d: bad request: %s", caller.uid, caller.pid, exc)
+            return Reply("BAD_REQUEST", {"message": str(exc)})
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            return await self.service.handle(request, caller)
+        except Exception:  # a bug must cost one request, never the daemon: fail closed
+            log.exception("internal error while handling '%s' from uid %d", request.verb, caller.uid)
+            return Reply("UNAVAILABLE", {"message": "The two-factor service hit an internal error; try again."})
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
+
+    @staticmethod
+    async def _send_and_close(writer: asyncio.StreamWriter, reply: Reply) -> None:
+        with contextlib.suppress(ConnectionError):
+            writer.write(encode_reply(reply))
+            await writer.drain()
+        writer.close()
+
+
+def master_key(config: Config) -> bytes:
+    credential = config_module.environment_credential_path()
+    if credential:
+        return load_credential(credential)
+    return load_key(config.key_file, create=True)
+
+
+def run(config: Config) -> None:
+    os.umask(0o077)
+    sealer = Sealer(master_key(config))
+    store = open_store(config.database, key_check(sealer))
+    try:
+        service = Service(config, store, sealer, Audit(config.audit))
+        handed_over = systemd_socket()
+        sock = handed_over or bind_socket(config)
+        asyncio.run(Daemon(config, service).serve(sock, owns_path=handed_over is None))
+    finally:
+        store.close()
+        log.info("stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="totpd", description="TOTP second-factor daemon (runs in the foreground)")
+    parser.add_argument("--config", default=config_module.DEFAULT_CONFIG_PATH, help="TOML configuration file")
+    parser.add_argument("--version", action="version", version=f"totpd {__version__}")
+    args = parser.parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, format="totpd: %(levelname)s: %(message)s", level=logging.INFO)
+    try:
+        config = config_module.load(args.config)
+        logging.getLogger().setLevel(config.log_level.upper())
+        run(config)
+    except TotpdError as exc:
+        log.error("%s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,481 @@
+"""The service: a request and its caller in, a decision out.
+
+This is the one place that decides "accepted", the one place that authorizes a
+caller (from SO_PEERCRED, never from the request) and the one place that writes the
+audit line for a decision. It runs on the daemon's event loop; every read-modify-
+write of an account is one store transaction, committed before the reply exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import grp
+import json
+import logging
+import os
+import pwd
+import time
+from typing import Callable
+
+from . import __version__, otp, recovery
+from .audit import Audit
+from .config import Config
+from .errors import ProtocolError, SealingError, StoreError
+from .policy import Policy
+from .protocol import MAX_LIST_LIMIT, MAX_MESSAGE, MAX_REPLY_PAYLOAD, Reply, Request
+from .sealing import Sealer
+from .store import Account, Store, Transaction
+
+log = logging.getLogger("totpd")
+
+DEFAULT_PROMPT = "Verification code: "
+LIST_REPLY_BUDGET = MAX_REPLY_PAYLOAD - 1024  # room for the status line and the other keys
+KEY_CHECK = b"totpd master key check"
+
+
+@dataclasses.dataclass(frozen=True)
+class Caller:
+    pid: int
+    uid: int
+    gid: int
+
+
+def _secret_context(user: str) -> str:
+    return "secret:" + user
+
+
+def key_check(sealer: Sealer) -> Callable[[Transaction], None]:
+    """A store start-up unit: prove the master key opens this database (or mark a new one)."""
+
+    def check(tx: Transaction) -> None:
+        sealed = tx.get_meta("key_check")
+        if sealed is None:
+            tx.set_meta("key_check", sealer.seal(KEY_CHECK, "key-check"))
+            return
+        try:
+            opened = sealer.open(sealed, "key-check")
+        except SealingError:
+            raise SealingError("the master key does not open this database (wrong key file?)") from None
+        if opened != KEY_CHECK:
+            raise SealingError("the master key does not open this database (wrong key file?)")
+
+    return check
+
+
+def _reply(status: str, message: str = "", **fields: object) -> Reply:
+    out = {key: str(value) for key, value in fields.items()}
+    if message:
+        out["message"] = message[:MAX_MESSAGE]
+    return Reply(status, out)
+
+
+def _params_of(account: Account, pending: bool = False) -> otp.Params:
+    if pending:
+        return otp.Params(account.pending_algorithm or "SHA1", account.pending_digits or 6, account.pending_period or 30)
+    return otp.Params(account.algorithm, account.digits, account.period)
+
+
+class Service:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        sealer: Sealer,
+        audit: Audit,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.sealer = sealer
+        self.audit = audit
+        self.policy = Policy(config)
+        self.clock = clock
+
+    # -- entry point -----------------------------------------------------------------
+
+    async def handle(self, request: Request, caller: Caller) -> Reply:
+        handler = getattr(self, "_" + request.verb)
+        try:
+            return await handler(request, caller)
+        except ProtocolError as exc:
+            return _reply("BAD_REQUEST", str(exc))
+        except StoreError as exc:
+            log.error("store failure during %s: %s", request.verb, exc)
+            self._audit(request, caller, request.verb, "unavailable", level="warning")
+            return _reply("UNAVAILABLE", "The two-factor service cannot decide right now; try again shortly.")
+        except SealingError as exc:
+            log.error("sealing failure during %s: %s", request.verb, exc)
+            self._audit(request, caller, request.verb, "unavailable", level="warning")
+            return _reply("UNAVAILABLE", "The two-factor service cannot decide right now; try again shortly.")
+
+    def _audit(self, request: Request, caller: Caller, event: str, result: str, **kwargs: object) -> None:
+        self.audit.record(
+            event,
+            result,
+            user=request.user,
+            service=request.get("service"),
+            rhost=request.get("rhost"),
+            uid=caller.uid,
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+    async def _transact(self, work: Callable[[Transaction], object]) -> object:
+        return await asyncio.wrap_future(self.store.submit(work))
+
+    # -- authorization ---------------------------------------------------------------
+
+    async def _is_admin(self, caller: Caller) -> bool:
+        if caller.uid == 0:
+            return True
+        if not self.config.admin_group:
+            return False
+        return await asyncio.to_thread(_in_group, caller.uid, caller.gid, self.config.admin_group)
+
+    async def _is_self(self, caller: Caller, user: str) -> bool:
+        entry = await asyncio.to_thread(_lookup, user)
+        return entry is not None and entry.pw_uid == caller.uid
+
+    async def _authorize(self, request: Request, caller: Caller, allow_self: bool) -> Reply | None:
+        """None if the caller may act on request.user, else the refusal (audited)."""
+        if await self._is_admin(caller):
+            return None
+        if allow_self and await self._is_self(caller, request.user):
+            return None
+        self._audit(request, caller, request.verb, "forbidden", level="warning")
+        return _reply("FORBIDDEN", f"uid {caller.uid} may not {request.verb} account '{request.user}'")
+
+    async def _account_exists(self, user: str) -> bool:
+        if not self.config.check_accounts:
+            return True
+        return await asyncio.to_thread(_lookup, user) is not None
+
+    # -- verbs -----------------------------------------------------------------------
+
+    async def _ping(self, request: Request, caller: Caller) -> Reply:
+        return _reply("OK", version=__version__)
+
+    async def _check(self, request: Request, caller: Caller) -> Reply:
+        if refusal := await self._authorize(request, caller, allow_self=True):
+            return refusal
+        user, now = request.user, self.clock()
+        account = await self._transact(lambda tx: tx.get(user))
+        assert account is None or isinstance(account, Account)
+        if account is None or not account.active:
+            return await self._unenrolled(request, caller, "check")
+        if account.locked or now < account.locked_until:
+            self._audit(request, caller, "check", "locked")
+            return _reply("LOCKED", self.policy.locked_message(user, account.locked, account.locked_until, now))
+        return _reply("NEED_CODE", prompt=DEFAULT_PROMPT)
+
+    async def _unenrolled(self, request: Request, caller: Caller, event: str) -> Reply:
+        if not await self._account_exists(request.user):
+            self._audit(request, caller, event, "unknown_user")
+            return _reply("UNKNOWN_USER")
+        outcome = self.policy.unenrolled(request.user, request.get("service"))
+        self._audit(request, caller, event, "not_enrolled_" + outcome.status.lower())
+        return _reply(outcome.status, outcome.message)
+
+    async def _verify(self, request: Request, caller: Caller) -> Reply:
+        if refusal := await self._authorize(request, caller, allow_self=True):
+            return refusal
+        user, code, now = request.user, request.get("code").strip(), self.clock()
+        window = self.config.window
+
+        def judge_totp(tx: Transaction) -> tuple[str, Account | None]:
+            account = tx.get(user)
+            if account is None or not account.active:
+                return "unenrolled", account
+            if account.locked or now < account.locked_until:
+                return "locked", account
+            params = _params_of(account)
+            if not otp.looks_like_totp(code, params):
+                return "try_recovery", account
+            secret = self.sealer.open(account.secret or b"", _secret_context(user))
+            step = otp.match_step(secret, params, code, now, window)
+            if step is None:
+                return self._fail(tx, account, now), account
+            if step <= account.last_step:
+                return "replayed", account
+            if not tx.advance_step(user, step):
+                return "replayed", account
+            return "accepted", account
+
+        verdict, account = await self._transact(judge_totp)  # type: ignore[misc]
+        if verdict == "try_recovery":
+            verdict, account = await self._try_recovery(user, code, now)
+        if verdict == "unenrolled":
+            return await self._unenrolled(request, caller, "verify")
+        return self._verdict_reply(request, caller, "verify", verdict, account, now)
+
+    def _fail(self, tx: Transaction, account: Account, now: float) -> str:
+        """Count one failure inside the judging transaction; 'rejected' or 'now_locked'."""
+        failures = account.failures + 1
+        locked_until, locked = self.policy.after_failure(failures, now)
+        tx.set_failures(account.user, failures, locked_until, locked)
+        return "now_locked" if locked else "rejected"
+
+    async def _try_recovery(self, user: str, code: str, now: float) -> tuple[str, Account | None]:
+        """A recovery code in place of a TOTP code: argon2 checks run off the store thread."""
+        hashes = await self._transact(lambda tx: tx.recovery_hashes(user))
+        found = await asyncio.to_thread(recovery.find, code, hashes)  # type: ignore[arg-type]
+
+        def consume(tx: Transaction) -> tuple[str, Account | None]:
+            account = tx.get(user)
+            if account is None or not account.active:
+                return "unenrolled", account
+            if account.locked or now < account.locked_until:
+                return "locked", account
+            if found is not None and tx.use_recovery_code(user, found):
+                tx.set_failures(user, 0, 0.0, False)
+                return "recovery_accepted", account
+            return self._fail(tx, account, now), account
+
+        return await self._transact(consume)  # type: ignore[return-value]
+
+    def _verdict_reply(
+        self, request: Request, caller: Caller, event: str, verdict: str, account: Account | None, now: float
+    ) -> Reply:
+        user = request.user
+        if verdict == "accepted":
+            self._audit(request, caller, event, "accepted")
+            return _reply("ACCEPTED")
+        if verdict == "recovery_accepted":
+            self._audit(request, caller, event, "recovery_code_used", level="warning")
+            return _reply("ACCEPTED", "A recovery code was used; each works only once. Check how many are left: totpctl status")
+        if verdict == "replayed":
+            self._audit(request, caller, event, "replayed", level="warning")
+            return _reply("REJECTED", "That code was already used; wait for the next one.")
+        if verdict == "rejected":
+            self._audit(request, caller, event, "rejected")
+            return _reply("REJECTED", "Wrong verification code.")
+        if verdict == "now_locked":
+            self._audit(request, caller, event, "rejected_now_locked", level="warning")
+            return _reply("LOCKED", self.policy.locked_message(user, True, 0.0, now))
+        if verdict == "locked":
+            assert account is not None
+            self._audit(request, caller, event, "locked")
+            return _reply("LOCKED", self.policy.locked_message(user, account.locked, account.locked_until, now))
+        raise AssertionError(verdict)
+
+    async def _enroll(self, request: Request, caller: Caller) -> Reply:
+        user = request.user
+        admin = await self._is_admin(caller)
+        if not admin and not (self.config.self_enroll and await self._is_self(caller, user)):
+            self._audit(request, caller, "enroll", "forbidden", level="warning")
+            return _reply("FORBIDDEN", f"uid {caller.uid} may not enroll account '{user}'")
+        if not await self._account_exists(user):
+            self._audit(request, caller, "enroll", "unknown_user")
+            return _reply("UNKNOWN_USER", f"no account '{user}' on this host")
+        try:
+            params = otp.Params(
+                request.get("algorithm", "SHA1").upper(),
+                _int_field(request, "digits", 6),
+                _int_field(request, "period", 30),
+            )
+        except ValueError as exc:
+            raise ProtocolError(str(exc)) from None
+        if "secret" in request.fields:
+            try:
+                secret = otp.decode_secret(request.get("secret"))
+            except ValueError as exc:
+                raise ProtocolError(str(exc)) from None
+        else:
+            secret = otp.new_secret()
+        force, activate = request.flag("force"), request.flag("activate")
+        if not admin and activate:
+            return _reply("FORBIDDEN", "only an administrator may enroll without confirming a first code")
+        proof = request.get("proof")
+        existing = await self._transact(lambda tx: tx.get(user))
+        assert existing is None or isinstance(existing, Account)
+        if existing is not None and existing.active:
+            if not force:
+                self._audit(request, caller, "enroll", "exists")
+                return _reply("EXISTS", f"account '{user}' is already enrolled; use --force to replace it")
+            if not admin and not await self._prove(user, proof):
+                self._audit(request, caller, "enroll", "proof_rejected", level="warning")
+                return _reply("REJECTED", "Replacing an enrollment needs a current code or a recovery code.")
+        now = self.clock()
+        sealed = self.sealer.seal(secret, _secret_context(user))
+        codes: list[str] = []
+        hashes: list[str] = []
+        if activate:
+            codes, hashes = await asyncio.to_thread(recovery.generate, self.config.recovery_codes)
+
+        def write(tx: Transaction) -> None:
+            tx.put_pending(user, sealed, params.algorithm, params.digits, params.period, now)
+            if activate:
+                tx.activate_pending(user, now)
+                tx.replace_recovery_codes(user, hashes)
+
+        await self._transact(write)
+        self._audit(request, caller, "enroll", "active" if activate else "pending")
+        issuer = request.get("issuer") or self.config.issuer_name
+        fields: dict[str, object] = {
+            "uri": otp.provisioning_uri(secret, user, issuer, params),
+            "secret": otp.encode_secret(secret),
+            "pending": 0 if activate else 1,
+        }
+        if activate:
+            fields["recovery_codes"] = " ".join(codes)
+        return _reply("OK", **fields)  # type: ignore[arg-type]
+
+    async def _prove(self, user: str, proof: str) -> bool:
+        """A current code or a recovery code for the account's active enrollment (consumed)."""
+        if not proof:
+            return False
+        request = Request("verify", {"user": user, "code": proof})
+        reply = await self._verify(request, Caller(0, 0, 0))
+        return reply.status == "ACCEPTED"
+
+    async def _confirm(self, request: Request, caller: Caller) -> Reply:
+        if refusal := await self._authorize(request, caller, allow_self=True):
+            return refusal
+        user, code, now = request.user, request.get("code").strip(), self.clock()
+        codes, hashes = await asyncio.to_thread(recovery.generate, self.config.recovery_codes)
+
+        def confirm(tx: Transaction) -> str:
+            account = tx.get(user)
+            if account is None or account.pending_secret is None:
+                return "no_pending"
+            if account.locked or now < account.locked_until:
+                return "locked"
+            params = _params_of(account, pending=True)
+            secret = self.sealer.open(account.pending_secret, _secret_context(user))
+            step = otp.match_step(secret, params, code, now, self.config.window)
+            if step is None:
+                return self._fail(tx, account, now)
+            tx.activate_pending(user, now)
+            tx.advance_step(user, step)
+            tx.replace_recovery_codes(user, hashes)
+            return "confirmed"
+
+        verdict = await self._transact(confirm)
+        self._audit(request, caller, "confirm", str(verdict))
+        if verdict == "no_pending":
+            return _reply("NOT_ENROLLED", f"account '{user}' has no enrollment waiting for confirmation")
+        if verdict == "confirmed":
+            return _reply("OK", recovery_codes=" ".join(codes))
+        if verdict == "rejected":
+            return _reply("REJECTED", "Wrong verification code; the enrollment is still pending.")
+        return _reply("LOCKED", "Too many wrong codes; wait, or ask an administrator to unlock the account.")
+
+    async def _status(self, request: Request, caller: Caller) -> Reply:
+        if refusal := await self._authorize(request, caller, allow_self=True):
+            return refusal
+        user = request.user
+
+        def read(tx: Transaction) -> tuple[Account | None, int]:
+            return tx.get(user), len(tx.recovery_hashes(user))
+
+        account, left = await self._transact(read)  # type: ignore[misc]
+        if account is None:
+            return _reply("NOT_ENROLLED", f"account '{user}' is not enrolled")
+        return _reply("OK", **_describe(account, left, self.clock()))
+
+    async def _list(self, request: Request, caller: Caller) -> Reply:
+        if not await self._is_admin(caller):
+            self._audit(request, caller, "list", "forbidden", level="warning")
+            return _reply("FORBIDDEN", f"uid {caller.uid} may not list accounts")
+        offset = _int_field(request, "offset", 0)
+        limit = min(_int_field(request, "limit", MAX_LIST_LIMIT), MAX_LIST_LIMIT)
+        if offset < 0 or limit < 1:
+            raise ProtocolError("'offset' must be 0 or more and 'limit' 1 or more")
+
+        def read(tx: Transaction) -> tuple[int, list[tuple[Account, int]]]:
+            return tx.count(), tx.page(offset, limit)
+
+        total, page = await self._transact(read)  # type: ignore[misc]
+        now = self.clock()
+        # Return as many entries as fit in one reply; the client pages on from offset + count.
+        entries: list[str] = []
+        size = 0
+        for account, left in page:
+            entry = json.dumps(dict(user=account.user, **_describe(account, left, now)), separators=(",", ":"))
+            if size + len(entry) + 1 > LIST_REPLY_BUDGET and entries:
+                break
+            entries.append(entry)
+            size += len(entry) + 1
+        return _reply("OK", total=total, count=len(entries), accounts="[" + ",".join(entries) + "]")
+
+    async def _reset(self, request: Request, caller: Caller) -> Reply:
+        if refusal := await self._authorize(request, caller, allow_self=False):
+            return refusal
+        deleted = await self._transact(lambda tx: tx.delete(request.user))
+        self._audit(request, caller, "reset", "done" if deleted else "not_enrolled", level="warning")
+        if not deleted:
+            return _reply("NOT_ENROLLED", f"account '{request.user}' is not enrolled")
+        return _reply("OK")
+
+    async def _unlock(self, request: Request, caller: Caller) -> Reply:
+        if refusal := await self._authorize(request, caller, allow_self=False):
+            return refusal
+        user = request.user
+
+        def unlock(tx: Transaction) -> bool:
+            if tx.get(user) is None:
+                return False
+            tx.set_failures(user, 0, 0.0, False)
+            return True
+
+        done = await self._transact(unlock)
+        self._audit(request, caller, "unlock", "done" if done else "not_enrolled")
+        if not done:
+            return _reply("NOT_ENROLLED", f"account '{user}' is not enrolled")
+        return _reply("OK")
+
+    async def _recovery_codes(self, request: Request, caller: Caller) -> Reply:
+        if refusal := await self._authorize(request, caller, allow_self=True):
+            return refusal
+        user = request.user
+        account = await self._transact(lambda tx: tx.get(user))
+        if not isinstance(account, Account) or not account.active:
+            return _reply("NOT_ENROLLED", f"account '{user}' is not enrolled")
+        if not await self._is_admin(caller) and not await self._prove(user, request.get("proof")):
+            self._audit(request, caller, "recovery_codes", "proof_rejected", level="warning")
+            return _reply("REJECTED", "New recovery codes need a current code or a recovery code.")
+        codes, hashes = await asyncio.to_thread(recovery.generate, self.config.recovery_codes)
+        await self._transact(lambda tx: tx.replace_recovery_codes(user, hashes))
+        self._audit(request, caller, "recovery_codes", "regenerated", level="warning")
+        return _reply("OK", recovery_codes=" ".join(codes))
+
+
+def _describe(account: Account, recovery_left: int, now: float) -> dict[str, object]:
+    return {
+        "enrolled": int(account.active),
+        "pending": int(account.pending_secret is not None),
+        "locked": int(account.locked),
+        "locked_until": int(account.locked_until) if account.locked_until > now else 0,
+        "failures": account.failures,
+        "recovery_codes_left": recovery_left,
+        "algorithm": account.algorithm,
+        "digits": account.digits,
+        "period": account.period,
+        "created": int(account.created),
+        "confirmed": int(account.confirmed) if account.confirmed else "",
+    }
+
+
+def _int_field(request: Request, key: str, default: int) -> int:
+    value = request.get(key)
+    if value == "":
+        return default
+    if not value.isascii() or not value.isdigit() or len(value) > 9:
+        raise ProtocolError(f"'{key}' must be a whole number")
+    return int(value)
+
+
+def _lookup(user: str) -> pwd.struct_passwd | None:
+    try:
+        return pwd.getpwnam(user)
+    except (KeyError, UnicodeEncodeError, ValueError):
+        return None
+
+
+def _in_group(uid: int, gid: int, group: str) -> bool:
+    try:
+        target = grp.getgrnam(group).gr_gid
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return False
+    return target in os.getgrouplist(name, gid)
