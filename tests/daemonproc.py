@@ -1,0 +1,161 @@
+"""Run the real totpd as a process on a temp socket, and totpctl against it.
+
+Independent of pytest so that benchmarks and the e2e harness can reuse it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyotp
+
+REPO = Path(__file__).resolve().parent.parent
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    return json.dumps(str(value))
+
+
+class DaemonProcess:
+    """A totpd process with its own socket, database and key under `workdir`."""
+
+    def __init__(self, workdir: Path, **settings: object) -> None:
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.socket_path = str(self.workdir / "totpd.sock")
+        self.config_path = str(self.workdir / "totpd.conf")
+        self.log_path = str(self.workdir / "totpd.log")
+        self.settings: dict[str, object] = {
+            "socket": self.socket_path,
+            "database": str(self.workdir / "state" / "totpd.db"),
+            "key_file": str(self.workdir / "state" / "master.key"),
+            "socket_mode": "0666",
+            "check_accounts": False,
+            "audit": "stderr",
+        }
+        self.settings.update(settings)
+        self.process: subprocess.Popen | None = None
+        self.write_config()
+
+    def write_config(self, **changes: object) -> None:
+        self.settings.update(changes)
+        lines = [f"{key} = {_toml_value(value)}" for key, value in self.settings.items() if not isinstance(value, dict)]
+        for key, value in self.settings.items():
+            if isinstance(value, dict):
+                lines.append(f"\n[{key}]")
+                lines += [f"{inner} = {_toml_value(item)}" for inner, item in value.items()]
+        Path(self.config_path).write_text("\n".join(lines) + "\n")
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+        return env
+
+    def start(self, timeout: float = 15.0, extra_env: dict[str, str] | None = None) -> "DaemonProcess":
+        env = self.env
+        env.update(extra_env or {})
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "totpd", "--config", self.config_path],
+            stdout=log,
+            stderr=log,
+            env=env,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"totpd exited with {self.process.returncode}:\n{self.log()}")
+            if self._answers():
+                return self
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"totpd did not start within {timeout}s:\n{self.log()}")
+
+    def _answers(self) -> bool:
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(self.socket_path)
+            return True
+        except OSError:
+            return False
+        finally:
+            probe.close()
+
+    def stop(self, sig: int = 15, timeout: float = 15.0) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        code = self.process.returncode
+        self.process = None
+        return code
+
+    def restart(self) -> "DaemonProcess":
+        self.stop()
+        return self.start()
+
+    def log(self) -> str:
+        try:
+            return Path(self.log_path).read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def ctl(self, *args: str, input: str | None = None, user: int | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+        """Run totpctl against this daemon; `user` runs it under that uid (and its gid)."""
+        command = [sys.executable, "-m", "totpd.cli", "--socket", self.socket_path, *args]
+        env = self.env
+        kwargs: dict = {}
+        if user is not None:
+            # The test interpreter may live where other uids cannot reach (/root/.pyenv):
+            # run the client with the system Python on a world-readable copy of the
+            # package. totpctl needs only the standard library for all but `enroll`.
+            import pwd
+
+            entry = pwd.getpwuid(user)
+            kwargs = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+            command[0] = SYSTEM_PYTHON
+            env = dict(env, PYTHONPATH=self._public_package())
+        return subprocess.run(command, input=input, capture_output=True, text=True, env=env, timeout=timeout, cwd="/", **kwargs)
+
+    def _public_package(self) -> str:
+        target = self.workdir / "pkg"
+        if not target.exists():
+            shutil.copytree(REPO / "totpd", target / "totpd", ignore=shutil.ignore_patterns("__pycache__"))
+            for path in [target, *target.rglob("*")]:
+                path.chmod(0o755 if path.is_dir() else 0o644)
+        return str(target)
+
+    def enroll(self, user: str, secret: str | None = None, *options: str) -> str:
+        """Enroll `user` at once (no confirmation) and return its base32 secret."""
+        secret = secret or pyotp.random_base32(32)
+        result = self.ctl("enroll", user, "--no-confirm", "--json", "--secret-file", "-", *options, input=secret + "\n")
+        if result.returncode != 0:
+            raise RuntimeError(f"enroll {user} failed: {result.stderr}")
+        return json.loads(result.stdout)["secret"]
+
+    def enroll_json(self, user: str, *options: str) -> dict:
+        result = self.ctl("enroll", user, "--no-confirm", "--json", *options)
+        if result.returncode != 0:
+            raise RuntimeError(f"enroll {user} failed: {result.stderr}")
+        return json.loads(result.stdout)
