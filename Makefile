@@ -1,0 +1,54 @@
+# totpd — build, test, demo and install.
+#
+#   make demo    install what the demo needs, then run a real daemon (SQLite),
+#                enroll an account with its QR code, and log in through real PAM
+#   make test    install what the tests need, then run the whole suite
+#   make         build the PAM module
+
+PYTHON      ?= python3
+VENV        ?= .venv
+VPY          = $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+APT_PACKAGES = build-essential libpam0g-dev libpam-wrapper python3 python3-venv python3-dev \
+               openssh-server openssh-client sudo zbar-tools oathtool util-linux
+
+.PHONY: all pam deps deps-apt deps-python demo test check clean
+
+all: pam
+
+pam:
+	$(MAKE) -C pam
+
+# -- dependencies ----------------------------------------------------------------
+deps-apt:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing: $$missing"; \
+	  if [ "$$(id -u)" -ne 0 ]; then echo "run as root (or: sudo make $@) to install: $$missing" >&2; exit 1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -e '.[test]'
+	touch $@
+
+deps-python: $(VENV)/.installed
+
+deps: deps-apt deps-python
+
+# -- the two commands of README.md ------------------------------------------------
+demo: deps pam
+	$(VPY) tests/demo.py
+
+test: deps pam
+	$(VPY) -m pytest $(PYTEST_ARGS)
+
+check: pam
+	$(VPY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	$(MAKE) -C pam clean
+	rm -rf build dist *.egg-info .pytest_cache
