@@ -8,6 +8,7 @@ docs/configuration.md documents the same keys (a test keeps the two in step).
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
 import socket
 import tomllib
@@ -30,6 +31,14 @@ class Config:
     check_accounts: bool = True
     self_enroll: bool = False
     unenrolled: str = "deny"
+    allow_until: datetime.date | None = None
+    required_users: tuple[str, ...] = ()
+    required_groups: tuple[str, ...] = ()
+    exempt_users: tuple[str, ...] = ()
+    exempt_groups: tuple[str, ...] = ()
+    remember_host: int = 0
+    services: dict[str, "ServicePolicy"] = dataclasses.field(default_factory=dict)
+    smtp: "SmtpConfig | None" = None
     window: int = 1
     max_failures: int = 20
     backoff_after: int = 3
@@ -46,6 +55,35 @@ class Config:
     @property
     def issuer_name(self) -> str:
         return self.issuer or socket.gethostname()
+
+
+@dataclasses.dataclass(frozen=True)
+class ServicePolicy:
+    """The policy keys one PAM service overrides ([services.NAME]); None: as globally."""
+
+    required_users: tuple[str, ...] | None = None
+    required_groups: tuple[str, ...] | None = None
+    exempt_users: tuple[str, ...] | None = None
+    exempt_groups: tuple[str, ...] | None = None
+    unenrolled: str | None = None
+    allow_until: datetime.date | None = None
+    remember_host: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SmtpConfig:
+    """Where notification mail goes ([smtp]); absent: no mail."""
+
+    host: str
+    sender: str
+    port: int = 25
+    starttls: bool = True
+    username: str = ""
+    password_file: str = ""
+    timeout: float = 10.0
+    address_template: str = ""
+    address_file: str = ""
+    events: tuple[str, ...] = ("enroll", "reset", "recovery_code_used", "locked")
 
 
 def _mode(value: Any) -> int:
@@ -90,6 +128,100 @@ def _boolean(value: Any) -> bool:
     return value
 
 
+def _names(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+        raise ValueError("must be a list of names, e.g. [\"alice\", \"bob\"]")
+    return tuple(value)
+
+
+def _date(value: Any) -> datetime.date:
+    if isinstance(value, datetime.datetime):
+        raise ValueError("must be a date such as 2026-12-15 (no time of day)")
+    if isinstance(value, datetime.date):
+        return value
+    if isinstance(value, str):
+        try:
+            return datetime.date.fromisoformat(value)
+        except ValueError:
+            pass
+    raise ValueError("must be a date such as 2026-12-15")
+
+
+def _seconds(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 30 * 86400:
+        raise ValueError("must be a whole number of seconds from 0 to 2592000 (30 days)")
+    return value
+
+
+_UNENROLLED = ("deny", "allow", "allow_until")
+_SMTP_EVENTS = ("enroll", "reset", "recovery_code_used", "locked")
+
+
+class _NestedError(ValueError):
+    """An error inside a table ([services.X], [smtp]); its text already names the key."""
+
+
+def _table(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError("must be a table")
+    return value
+
+
+def _sub_keys(table: dict[str, Any], checks: dict[str, Callable[[Any], Any]], where: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, raw in table.items():
+        check = checks.get(key)
+        if check is None:
+            raise _NestedError(f"unknown key '{where}.{key}' (see docs/configuration.md)")
+        try:
+            out[key] = check(raw)
+        except ValueError as exc:
+            raise _NestedError(f"key '{where}.{key}' {exc}") from None
+    return out
+
+
+def _services(value: Any) -> dict[str, ServicePolicy]:
+    checks = {key: _KEYS[key] for key in _SERVICE_KEYS}
+    services: dict[str, ServicePolicy] = {}
+    for name, table in _table(value).items():
+        if not isinstance(table, dict):
+            raise _NestedError(f"key 'services.{name}' must be a table: [services.{name}]")
+        services[name] = ServicePolicy(**_sub_keys(table, checks, f"services.{name}"))
+    return services
+
+
+def _smtp(value: Any) -> SmtpConfig:
+    checks: dict[str, Callable[[Any], Any]] = {
+        "host": _string,
+        "from": _string,
+        "port": _int_range(1, 65535),
+        "starttls": _boolean,
+        "username": _string,
+        "password_file": _string,
+        "timeout": _positive_number,
+        "address_template": _string,
+        "address_file": _string,
+        "events": _events,
+    }
+    values = _sub_keys(_table(value), checks, "smtp")
+    if not values.get("host") or not values.get("from"):
+        raise _NestedError("table [smtp] needs at least 'host' and 'from'")
+    if not values.get("address_template") and not values.get("address_file"):
+        raise _NestedError("table [smtp] needs 'address_template' (e.g. \"{user}@example.com\") or 'address_file'")
+    if values.get("address_template") and "{user}" not in values["address_template"]:
+        raise _NestedError("key 'smtp.address_template' must contain {user}")
+    values["sender"] = values.pop("from")
+    return SmtpConfig(**values)
+
+
+def _events(value: Any) -> tuple[str, ...]:
+    names = _names(value)
+    for name in names:
+        if name not in _SMTP_EVENTS:
+            raise ValueError("must list events among " + ", ".join(_SMTP_EVENTS))
+    return names
+
+
 def _choice(*choices: str) -> Callable[[Any], str]:
     def check(value: Any) -> str:
         if value not in choices:
@@ -109,7 +241,15 @@ _KEYS: dict[str, Callable[[Any], Any]] = {
     "issuer": _string,
     "check_accounts": _boolean,
     "self_enroll": _boolean,
-    "unenrolled": _choice("deny", "allow"),
+    "unenrolled": _choice(*_UNENROLLED),
+    "allow_until": _date,
+    "required_users": _names,
+    "required_groups": _names,
+    "exempt_users": _names,
+    "exempt_groups": _names,
+    "remember_host": _seconds,
+    "services": _services,
+    "smtp": _smtp,
     "window": _int_range(0, 10),
     "max_failures": _int_range(1, 100),
     "backoff_after": _int_range(1, 100),
@@ -124,6 +264,16 @@ _KEYS: dict[str, Callable[[Any], Any]] = {
 }
 
 
+_SERVICE_KEYS = (
+    "required_users", "required_groups", "exempt_users", "exempt_groups", "unenrolled", "allow_until", "remember_host",
+)
+
+
+def _check_rollout(unenrolled: str | None, allow_until: datetime.date | None, where: str) -> None:
+    if unenrolled == "allow_until" and allow_until is None:
+        raise ValueError(f"'{where}unenrolled = \"allow_until\"' needs '{where}allow_until = YYYY-MM-DD'")
+
+
 def parse(data: dict[str, Any], path: str) -> Config:
     """Check a parsed TOML table and turn it into a Config."""
     values: dict[str, Any] = {}
@@ -133,8 +283,20 @@ def parse(data: dict[str, Any], path: str) -> Config:
             raise ConfigError(f"{path}: unknown key '{key}' (see docs/configuration.md)")
         try:
             values[key] = check(raw)
+        except _NestedError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
         except ValueError as exc:
             raise ConfigError(f"{path}: key '{key}' {exc}") from None
+    # A deadline alone means "allow until the deadline".
+    if "allow_until" in values and "unenrolled" not in values:
+        values["unenrolled"] = "allow_until"
+    try:
+        _check_rollout(values.get("unenrolled"), values.get("allow_until"), "")
+        for name, service in values.get("services", {}).items():
+            unenrolled = service.unenrolled or ("allow_until" if service.allow_until else None)
+            _check_rollout(unenrolled, service.allow_until or values.get("allow_until"), f"services.{name}.")
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     config = Config(path=path, **values)
     if config.backoff_max < config.backoff_initial:
         raise ConfigError(f"{path}: key 'backoff_max' must not be below 'backoff_initial'")

@@ -1,15 +1,19 @@
-"""Policy: who must use a second factor, and how failures are throttled.
+"""Policy: who must use a second factor, what an unenrolled login gets, and throttling.
 
-Pure decisions from configuration, account state and the clock; no I/O. The
-service asks; this module answers.
+Pure decisions from configuration, account facts and the clock; no I/O (the
+service looks up group membership and hands it in). An enrolled account always
+needs its code; policy decides only for accounts with no active enrollment.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import math
+import os
+from typing import Callable
 
-from .config import Config
+from .config import Config, ServicePolicy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,19 +22,77 @@ class Outcome:
     message: str = ""
 
 
+@dataclasses.dataclass(frozen=True)
+class Rules:
+    """The policy in force for one PAM service (global keys, then [services.NAME])."""
+
+    required_users: tuple[str, ...]
+    required_groups: tuple[str, ...]
+    exempt_users: tuple[str, ...]
+    exempt_groups: tuple[str, ...]
+    unenrolled: str
+    allow_until: datetime.date | None
+    remember_host: int
+
+    @property
+    def needs_groups(self) -> bool:
+        return bool(self.required_groups or self.exempt_groups)
+
+
 class Policy:
     def __init__(self, config: Config) -> None:
         self._config = config
-
-    def unenrolled(self, user: str, service: str) -> Outcome:
-        """What happens to an account that has no active enrollment."""
-        if self._config.unenrolled == "allow":
-            return Outcome("IGNORE")
-        return Outcome(
-            "DENIED",
-            "Two-factor login is required but no authenticator is enrolled for this account;"
-            f" ask an administrator to run: totpctl enroll {user}",
+        self._global = Rules(
+            config.required_users,
+            config.required_groups,
+            config.exempt_users,
+            config.exempt_groups,
+            config.unenrolled,
+            config.allow_until,
+            config.remember_host,
         )
+        self._by_service = {name: self._merge(override) for name, override in config.services.items()}
+
+    def _merge(self, override: ServicePolicy) -> Rules:
+        changes = {field.name: getattr(override, field.name) for field in dataclasses.fields(override)}
+        changes = {key: value for key, value in changes.items() if value is not None}
+        if override.allow_until is not None and override.unenrolled is None:
+            changes["unenrolled"] = "allow_until"
+        return dataclasses.replace(self._global, **changes)
+
+    def rules(self, service: str) -> Rules:
+        return self._by_service.get(service, self._global)
+
+    @staticmethod
+    def required(rules: Rules, user: str, groups: frozenset[str]) -> bool:
+        """Must this account use a second factor? Exemptions win; no requirement list means everyone."""
+        if user in rules.exempt_users or groups & set(rules.exempt_groups):
+            return False
+        if not rules.required_users and not rules.required_groups:
+            return True
+        return user in rules.required_users or bool(groups & set(rules.required_groups))
+
+    def unenrolled(self, rules: Rules, user: str, groups: frozenset[str], today: datetime.date) -> Outcome:
+        """What a login of an account with no active enrollment gets."""
+        if not self.required(rules, user, groups):
+            return Outcome("IGNORE")
+        how = "run: totpctl enroll" if self._config.self_enroll else f"ask an administrator to run: totpctl enroll {user}"
+        if rules.unenrolled == "allow":
+            return Outcome("IGNORE")
+        if rules.unenrolled == "allow_until" and rules.allow_until is not None and today < rules.allow_until:
+            days = (rules.allow_until - today).days
+            when = "tomorrow" if days == 1 else f"in {days} days"
+            return Outcome(
+                "IGNORE",
+                f"Two-factor login becomes mandatory on {rules.allow_until.isoformat()} ({when}); to enroll, {how}",
+            )
+        if rules.unenrolled == "allow_until" and rules.allow_until is not None:
+            return Outcome(
+                "DENIED",
+                f"Two-factor login is mandatory since {rules.allow_until.isoformat()} and no authenticator"
+                f" is enrolled for this account; {how}",
+            )
+        return Outcome("DENIED", f"Two-factor login is required but no authenticator is enrolled for this account; {how}")
 
     def after_failure(self, failures: int, now: float) -> tuple[float, bool]:
         """Backoff deadline and hard-lock flag after the `failures`-th consecutive failure.
@@ -57,3 +119,62 @@ class Policy:
             )
         wait = max(1, math.ceil(locked_until - now))
         return f"Too many wrong codes: try again in {wait} second{'s' if wait != 1 else ''}."
+
+
+def local_today(now: float) -> datetime.date:
+    return datetime.datetime.fromtimestamp(now).date()
+
+
+class RememberedHosts:
+    """Logins that may skip the code: (account, service, rhost) -> until when. In memory only.
+
+    Off unless `remember_host` > 0. Forgotten on restart and on any failure, reset,
+    lock or re-enrollment of the account; never used for an empty rhost.
+    """
+
+    MAX_ENTRIES = 100_000
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._until: dict[tuple[str, str, str], float] = {}
+        self._clock = clock
+
+    def remember(self, user: str, service: str, rhost: str, seconds: int) -> None:
+        if seconds <= 0 or not rhost:
+            return
+        if len(self._until) >= self.MAX_ENTRIES:
+            now = self._clock()
+            self._until = {key: until for key, until in self._until.items() if until > now}
+            if len(self._until) >= self.MAX_ENTRIES:
+                return
+        self._until[(user, service, rhost)] = self._clock() + seconds
+
+    def recalls(self, user: str, service: str, rhost: str) -> bool:
+        until = self._until.get((user, service, rhost))
+        if until is None:
+            return False
+        if until <= self._clock():
+            del self._until[(user, service, rhost)]
+            return False
+        return True
+
+    def forget(self, user: str) -> None:
+        for key in [key for key in self._until if key[0] == user]:
+            del self._until[key]
+
+
+def groups_of(user: str) -> frozenset[str]:
+    """Names of the account's primary and supplementary groups (NSS: files, LDAP, SSSD)."""
+    import grp
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(user)
+    except (KeyError, UnicodeEncodeError, ValueError):
+        return frozenset()
+    names = set()
+    for gid in os.getgrouplist(entry.pw_name, entry.pw_gid):
+        try:
+            names.add(grp.getgrgid(gid).gr_name)
+        except KeyError:
+            continue
+    return frozenset(names)
