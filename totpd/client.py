@@ -37,12 +37,25 @@ class Client:
         self._sock.close()
 
     def call(self, verb: str, **fields: object) -> Reply:
-        data = {key: str(value) for key, value in fields.items() if value is not None}
+        return self.pipeline([(verb, fields)])[0]
+
+    def pipeline(self, requests: list[tuple[str, dict[str, object]]]) -> list[Reply]:
+        """Send several requests at once, then read their replies in order (bulk imports).
+
+        Keep batches modest (a few hundred): the daemon answers while we still send,
+        and both sides' socket buffers must hold what the other has not read yet.
+        """
+        frames = b"".join(
+            encode_request(verb, {key: str(value) for key, value in fields.items() if value is not None})
+            for verb, fields in requests
+        )
         try:
-            self._sock.sendall(encode_request(verb, data))
-            header = self._read(HEADER_SIZE)
-            length = parse_header(header, MAX_REPLY_PAYLOAD)
-            return decode_reply(self._read(length))
+            self._sock.sendall(frames)
+            replies = []
+            for _ in requests:
+                length = parse_header(self._read(HEADER_SIZE), MAX_REPLY_PAYLOAD)
+                replies.append(decode_reply(self._read(length)))
+            return replies
         except socket.timeout:
             raise ClientError(f"{self.path}: the daemon did not answer in time") from None
         except ProtocolError as exc:

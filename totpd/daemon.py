@@ -22,10 +22,11 @@ import struct
 import sys
 from collections import Counter
 
-from . import __version__, config as config_module
+from . import __version__, clock, config as config_module
 from .audit import Audit
 from .config import Config
 from .errors import FrameError, ProtocolError, TotpdError
+from .notify import Notifier
 from .protocol import (
     HEADER_SIZE,
     MAX_REQUEST_PAYLOAD,
@@ -35,7 +36,7 @@ from .protocol import (
     parse_header,
 )
 from .sealing import Sealer, load_credential, load_key
-from .service import Caller, Service, key_check
+from .service import Caller, Service, Session, key_check
 from .store import open_store
 
 log = logging.getLogger("totpd")
@@ -189,6 +190,7 @@ class Daemon:
 
     async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, caller: Caller) -> None:
         timeout = self.config.read_timeout
+        session = Session()  # per-connection state: a bulk import being staged
         while not self._stopping.is_set():
             try:
                 header = await asyncio.wait_for(reader.readexactly(HEADER_SIZE), timeout)
@@ -212,11 +214,11 @@ class Daemon:
             except asyncio.TimeoutError:
                 log.warning("uid %d pid %d: timed out in the middle of a frame", caller.uid, caller.pid)
                 return
-            reply = await self._answer(payload, caller)
+            reply = await self._answer(payload, caller, session)
             writer.write(encode_reply(reply))
             await writer.drain()
 
-    async def _answer(self, payload: bytes, caller: Caller) -> Reply:
+    async def _answer(self, payload: bytes, caller: Caller, session: Session) -> Reply:
         try:
             request = decode_request(payload)
         except ProtocolError as exc:
@@ -225,7 +227,7 @@ class Daemon:
         self._in_flight += 1
         self._idle.clear()
         try:
-            return await self.service.handle(request, caller)
+            return await self.service.handle(request, caller, session)
         except Exception:  # a bug must cost one request, never the daemon: fail closed
             log.exception("internal error while handling '%s' from uid %d", request.verb, caller.uid)
             return Reply("UNAVAILABLE", {"message": "The two-factor service hit an internal error; try again."})
@@ -253,12 +255,20 @@ def run(config: Config) -> None:
     os.umask(0o077)
     sealer = Sealer(master_key(config))
     store = open_store(config.database, key_check(sealer))
+    notifier = None
     try:
         service = Service(config, store, sealer, Audit(config.audit))
+        if config.smtp is not None:
+            notifier = Notifier(config.smtp)
+            service.listeners.append(notifier)
+        if clock.synchronized() is False:
+            log.warning("this host's clock is not synchronized: TOTP codes may be refused; start an NTP client")
         handed_over = systemd_socket()
         sock = handed_over or bind_socket(config)
         asyncio.run(Daemon(config, service).serve(sock, owns_path=handed_over is None))
     finally:
+        if notifier is not None:
+            notifier.close()
         store.close()
         log.info("stopped")
 

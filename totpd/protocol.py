@@ -47,6 +47,11 @@ VERBS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "reset": (frozenset({"user"}), frozenset(_COMMON)),
     "unlock": (frozenset({"user"}), frozenset(_COMMON)),
     "recovery_codes": (frozenset({"user"}), frozenset(_COMMON | {"proof"})),
+    "import_add": (
+        frozenset({"user", "secret"}),
+        frozenset({"algorithm", "digits", "period", "last_step", "recovery_codes"}),
+    ),
+    "import_commit": (frozenset(), frozenset({"force", "dry_run"})),
 }
 
 

@@ -15,14 +15,15 @@ import json
 import logging
 import os
 import pwd
+import re
 import time
 from typing import Callable
 
-from . import __version__, otp, recovery
+from . import __version__, clock, otp, recovery
 from .audit import Audit
 from .config import Config
 from .errors import ProtocolError, SealingError, StoreError
-from .policy import Policy
+from .policy import Policy, RememberedHosts, groups_of, local_today
 from .protocol import MAX_LIST_LIMIT, MAX_MESSAGE, MAX_REPLY_PAYLOAD, Reply, Request
 from .sealing import Sealer
 from .store import Account, Store, Transaction
@@ -30,6 +31,7 @@ from .store import Account, Store, Transaction
 log = logging.getLogger("totpd")
 
 DEFAULT_PROMPT = "Verification code: "
+DRIFT_SEARCH = 10  # steps either side searched, on a failure only, to log a likely clock drift
 LIST_REPLY_BUDGET = MAX_REPLY_PAYLOAD - 1024  # room for the status line and the other keys
 KEY_CHECK = b"totpd master key check"
 
@@ -39,6 +41,27 @@ class Caller:
     pid: int
     uid: int
     gid: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Staged:
+    """One account of a bulk import, sealed and waiting for import_commit."""
+
+    user: str
+    sealed: bytes
+    params: otp.Params
+    last_step: int
+    recovery_hashes: list[str] | None
+
+
+MAX_STAGED = 1_000_000
+
+
+class Session:
+    """State one connection keeps between requests: a bulk import being staged."""
+
+    def __init__(self) -> None:
+        self.staged: dict[str, Staged] = {}
 
 
 def _secret_context(user: str) -> str:
@@ -91,12 +114,27 @@ class Service:
         self.audit = audit
         self.policy = Policy(config)
         self.clock = clock
+        self.remembered = RememberedHosts(clock)
+        # Called with (event, fields) after an event is durable: enrolled, reset,
+        # recovery_code_used, locked, unlocked. Notifications and D-Bus signals listen.
+        self.listeners: list[Callable[[str, dict[str, object]], None]] = []
+
+    def _emit(self, event: str, **fields: object) -> None:
+        for listener in self.listeners:
+            try:
+                listener(event, fields)
+            except Exception:  # a listener's bug must never change a decision
+                log.exception("event listener failed for %s", event)
 
     # -- entry point -----------------------------------------------------------------
 
-    async def handle(self, request: Request, caller: Caller) -> Reply:
+    async def handle(self, request: Request, caller: Caller, session: Session | None = None) -> Reply:
         handler = getattr(self, "_" + request.verb)
         try:
+            if request.verb.startswith("import_"):
+                if session is None:
+                    return _reply("BAD_REQUEST", "imports need a socket connection")
+                return await handler(request, caller, session)
             return await handler(request, caller)
         except ProtocolError as exc:
             return _reply("BAD_REQUEST", str(exc))
@@ -166,13 +204,18 @@ class Service:
         if account.locked or now < account.locked_until:
             self._audit(request, caller, "check", "locked")
             return _reply("LOCKED", self.policy.locked_message(user, account.locked, account.locked_until, now))
+        if self.remembered.recalls(user, request.get("service"), request.get("rhost")):
+            self._audit(request, caller, "check", "accepted_remembered_host")
+            return _reply("ACCEPTED")
         return _reply("NEED_CODE", prompt=DEFAULT_PROMPT)
 
     async def _unenrolled(self, request: Request, caller: Caller, event: str) -> Reply:
         if not await self._account_exists(request.user):
             self._audit(request, caller, event, "unknown_user")
             return _reply("UNKNOWN_USER")
-        outcome = self.policy.unenrolled(request.user, request.get("service"))
+        rules = self.policy.rules(request.get("service"))
+        groups = await asyncio.to_thread(groups_of, request.user) if rules.needs_groups else frozenset()
+        outcome = self.policy.unenrolled(rules, request.user, groups, local_today(self.clock()))
         self._audit(request, caller, event, "not_enrolled_" + outcome.status.lower())
         return _reply(outcome.status, outcome.message)
 
@@ -181,6 +224,8 @@ class Service:
             return refusal
         user, code, now = request.user, request.get("code").strip(), self.clock()
         window = self.config.window
+
+        drift: list[int] = []
 
         def judge_totp(tx: Transaction) -> tuple[str, Account | None]:
             account = tx.get(user)
@@ -194,6 +239,9 @@ class Service:
             secret = self.sealer.open(account.secret or b"", _secret_context(user))
             step = otp.match_step(secret, params, code, now, window)
             if step is None:
+                far = otp.match_step(secret, params, code, now, DRIFT_SEARCH)
+                if far is not None:
+                    drift.append(far - otp.time_step(now, params))
                 return self._fail(tx, account, now), account
             if step <= account.last_step:
                 return "replayed", account
@@ -206,6 +254,20 @@ class Service:
             verdict, account = await self._try_recovery(user, code, now)
         if verdict == "unenrolled":
             return await self._unenrolled(request, caller, "verify")
+        if drift:
+            log.warning(
+                "a code for '%s' matched %+d steps from now, outside the window: the phone's or this host's clock"
+                " is likely off", user, drift[0],
+            )
+        service, rhost = request.get("service"), request.get("rhost")
+        if verdict in ("accepted", "recovery_accepted"):
+            self.remembered.remember(user, service, rhost, self.policy.rules(service).remember_host)
+        elif verdict in ("rejected", "now_locked", "replayed"):
+            self.remembered.forget(user)
+        if verdict == "recovery_accepted":
+            self._emit("recovery_code_used", user=user, service=service, rhost=rhost)
+        if verdict == "now_locked":
+            self._emit("locked", user=user, service=service, rhost=rhost)
         return self._verdict_reply(request, caller, "verify", verdict, account, now)
 
     def _fail(self, tx: Transaction, account: Account, now: float) -> str:
@@ -292,7 +354,7 @@ class Service:
             if not force:
                 self._audit(request, caller, "enroll", "exists")
                 return _reply("EXISTS", f"account '{user}' is already enrolled; use --force to replace it")
-            if not admin and not await self._prove(user, proof):
+            if not admin and not await self._prove(user, proof, caller):
                 self._audit(request, caller, "enroll", "proof_rejected", level="warning")
                 return _reply("REJECTED", "Replacing an enrollment needs a current code or a recovery code.")
         now = self.clock()
@@ -309,7 +371,10 @@ class Service:
                 tx.replace_recovery_codes(user, hashes)
 
         await self._transact(write)
+        self.remembered.forget(user)
         self._audit(request, caller, "enroll", "active" if activate else "pending")
+        if activate:
+            self._emit("enrolled", user=user)
         issuer = request.get("issuer") or self.config.issuer_name
         fields: dict[str, object] = {
             "uri": otp.provisioning_uri(secret, user, issuer, params),
@@ -320,12 +385,11 @@ class Service:
             fields["recovery_codes"] = " ".join(codes)
         return _reply("OK", **fields)  # type: ignore[arg-type]
 
-    async def _prove(self, user: str, proof: str) -> bool:
+    async def _prove(self, user: str, proof: str, caller: Caller) -> bool:
         """A current code or a recovery code for the account's active enrollment (consumed)."""
         if not proof:
             return False
-        request = Request("verify", {"user": user, "code": proof})
-        reply = await self._verify(request, Caller(0, 0, 0))
+        reply = await self._verify(Request("verify", {"user": user, "code": proof, "service": "totpctl"}), caller)
         return reply.status == "ACCEPTED"
 
     async def _confirm(self, request: Request, caller: Caller) -> Reply:
@@ -352,6 +416,9 @@ class Service:
 
         verdict = await self._transact(confirm)
         self._audit(request, caller, "confirm", str(verdict))
+        if verdict == "confirmed":
+            self.remembered.forget(user)
+            self._emit("enrolled", user=user)
         if verdict == "no_pending":
             return _reply("NOT_ENROLLED", f"account '{user}' has no enrollment waiting for confirmation")
         if verdict == "confirmed":
@@ -371,7 +438,10 @@ class Service:
         account, left = await self._transact(read)  # type: ignore[misc]
         if account is None:
             return _reply("NOT_ENROLLED", f"account '{user}' is not enrolled")
-        return _reply("OK", **_describe(account, left, self.clock()))
+        synced = clock.synchronized()
+        return _reply(
+            "OK", **_describe(account, left, self.clock()), clock_synchronized="unknown" if synced is None else int(synced)
+        )
 
     async def _list(self, request: Request, caller: Caller) -> Reply:
         if not await self._is_admin(caller):
@@ -405,6 +475,8 @@ class Service:
         self._audit(request, caller, "reset", "done" if deleted else "not_enrolled", level="warning")
         if not deleted:
             return _reply("NOT_ENROLLED", f"account '{request.user}' is not enrolled")
+        self.remembered.forget(request.user)
+        self._emit("reset", user=request.user)
         return _reply("OK")
 
     async def _unlock(self, request: Request, caller: Caller) -> Reply:
@@ -422,6 +494,7 @@ class Service:
         self._audit(request, caller, "unlock", "done" if done else "not_enrolled")
         if not done:
             return _reply("NOT_ENROLLED", f"account '{user}' is not enrolled")
+        self._emit("unlocked", user=user)
         return _reply("OK")
 
     async def _recovery_codes(self, request: Request, caller: Caller) -> Reply:
@@ -431,13 +504,92 @@ class Service:
         account = await self._transact(lambda tx: tx.get(user))
         if not isinstance(account, Account) or not account.active:
             return _reply("NOT_ENROLLED", f"account '{user}' is not enrolled")
-        if not await self._is_admin(caller) and not await self._prove(user, request.get("proof")):
+        if not await self._is_admin(caller) and not await self._prove(user, request.get("proof"), caller):
             self._audit(request, caller, "recovery_codes", "proof_rejected", level="warning")
             return _reply("REJECTED", "New recovery codes need a current code or a recovery code.")
         codes, hashes = await asyncio.to_thread(recovery.generate, self.config.recovery_codes)
         await self._transact(lambda tx: tx.replace_recovery_codes(user, hashes))
         self._audit(request, caller, "recovery_codes", "regenerated", level="warning")
         return _reply("OK", recovery_codes=" ".join(codes))
+
+
+    # -- bulk import: import_add stages on the connection, import_commit writes all at once --
+
+    async def _import_add(self, request: Request, caller: Caller, session: Session) -> Reply:
+        if not await self._is_admin(caller):
+            self._audit(request, caller, "import", "forbidden", level="warning")
+            return _reply("FORBIDDEN", f"uid {caller.uid} may not import accounts")
+        user = request.user
+        if user in session.staged:
+            raise ProtocolError(f"account '{user}' appears twice in this import")
+        if len(session.staged) >= MAX_STAGED:
+            raise ProtocolError(f"an import holds at most {MAX_STAGED} accounts; split the file")
+        try:
+            secret = otp.decode_secret(request.get("secret"))
+            params = otp.Params(
+                request.get("algorithm", "SHA1").upper(), _int_field(request, "digits", 6), _int_field(request, "period", 30)
+            )
+        except ValueError as exc:
+            raise ProtocolError(f"{user}: {exc}") from None
+        raw_step = request.get("last_step", "-1")
+        if not re.fullmatch(r"-1|\d{1,15}", raw_step):
+            raise ProtocolError("'last_step' must be -1 or a whole number")
+        last_step = int(raw_step)
+        hashes = None
+        if "recovery_codes" in request.fields:
+            codes = request.get("recovery_codes").split()
+            hashes = await asyncio.to_thread(recovery.hash_codes, codes)
+        session.staged[user] = Staged(user, self.sealer.seal(secret, _secret_context(user)), params, last_step, hashes)
+        return _reply("OK", staged=len(session.staged))
+
+    async def _import_commit(self, request: Request, caller: Caller, session: Session) -> Reply:
+        if not await self._is_admin(caller):
+            self._audit(request, caller, "import", "forbidden", level="warning")
+            return _reply("FORBIDDEN", f"uid {caller.uid} may not import accounts")
+        staged, session.staged = list(session.staged.values()), {}
+        force, dry_run = request.flag("force"), request.flag("dry_run")
+        if self.config.check_accounts:
+            unknown = await asyncio.to_thread(lambda: [item.user for item in staged if _lookup(item.user) is None])
+            if unknown:
+                return _reply(
+                    "UNKNOWN_USER",
+                    f"{len(unknown)} account(s) do not exist on this host, e.g. '{unknown[0]}'; nothing was imported",
+                    unknown_users=json.dumps(unknown[:100]),
+                )
+        now = self.clock()
+
+        def commit(tx: Transaction) -> tuple[list[str], list[str], list[str]]:
+            created: list[str] = []
+            replaced: list[str] = []
+            skipped: list[str] = []
+            for item in staged:
+                existing = tx.get(item.user)
+                if existing is not None and existing.active and not force:
+                    skipped.append(item.user)
+                    continue
+                (replaced if existing is not None else created).append(item.user)
+                if dry_run:
+                    continue
+                tx.put_pending(item.user, item.sealed, item.params.algorithm, item.params.digits, item.params.period, now)
+                tx.activate_pending(item.user, now)
+                if item.last_step >= 0:
+                    tx.advance_step(item.user, item.last_step)
+                tx.replace_recovery_codes(item.user, item.recovery_hashes or [])
+            return created, replaced, skipped
+
+        created, replaced, skipped = await self._transact(commit)  # type: ignore[misc]
+        if not dry_run:
+            for user in created + replaced:
+                self.remembered.forget(user)
+                self.audit.record("import", "active", user=user, uid=caller.uid)
+        self._audit(
+            request, caller, "import", "dry_run" if dry_run else "committed",
+            detail=f"created={len(created)} replaced={len(replaced)} skipped={len(skipped)}",
+        )
+        return _reply(
+            "OK", created=len(created), replaced=len(replaced), skipped=len(skipped),
+            skipped_users=json.dumps(skipped[:100]), dry_run=int(dry_run),
+        )
 
 
 def _describe(account: Account, recovery_left: int, now: float) -> dict[str, object]:
