@@ -115,9 +115,11 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         fields["activate"] = 1
     reply = _call(args, "enroll", **fields)
     uri, secret = reply.fields["uri"], reply.fields["secret"]
-    import segno  # only enrollment draws; every other command runs on the standard library alone
+    if not args.json or args.qr_png or args.qr_svg:
+        # Only drawing needs segno: every other path runs on the standard library alone.
+        import segno
 
-    qr = segno.make(uri, error="m")
+        qr = segno.make(uri, error="m")
     if args.qr_png:
         _write_private(args.qr_png, lambda handle: qr.save(handle, kind="png", scale=8, border=4))
     if args.qr_svg:
@@ -196,6 +198,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"token:           {fields.get('algorithm')}, {fields.get('digits')} digits, every {fields.get('period')} s")
     print(f"enrolled:        {_when(fields.get('created', ''))}")
     print(f"confirmed:       {_when(fields.get('confirmed', ''))}")
+    synced = fields.get("clock_synchronized", "unknown")
+    clock_text = {"1": "synchronized", "0": "NOT synchronized: codes may be refused; start an NTP client"}
+    print(f"host clock:      {clock_text.get(synced, 'unknown')}")
+    if synced == "0":
+        print("totpctl: warning: this host's clock is not synchronized", file=sys.stderr)
     return 0
 
 
@@ -284,6 +291,67 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+IMPORT_BATCH = 256
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from . import importers
+
+    try:
+        if args.format == "google-authenticator":
+            if not args.user:
+                _fail("import google-authenticator needs --user USER (whose file it is)", EXIT_USAGE)
+            result = importers.google_authenticator(args.path, args.user)
+        elif args.format == "oath":
+            result = importers.oath(args.path, args.user)
+        else:
+            result = importers.tsv(args.path)
+    except importers.ImportFileError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    line_of = {account.user: account.line for account in result.accounts}
+    with Client(args.socket, timeout=600) as client:
+        for start in range(0, len(result.accounts), IMPORT_BATCH):
+            batch = result.accounts[start : start + IMPORT_BATCH]
+            replies = client.pipeline([("import_add", _import_fields(account)) for account in batch])
+            for account, reply in zip(batch, replies):
+                if reply.status != "OK":
+                    raise Refused(reply, f"{args.path}:{account.line}: {account.user}")
+        reply = client.call("import_commit", force=int(args.force), dry_run=int(args.dry_run))
+    if reply.status == "UNKNOWN_USER":
+        unknown = json.loads(reply.fields.get("unknown_users", "[]"))
+        where = ", ".join(f"{args.path}:{line_of.get(user, '?')}: {user}" for user in unknown[:5])
+        _fail(f"{reply.message} ({where})", EXIT_REFUSED)
+    if reply.status != "OK":
+        raise Refused(reply, f"import {args.path}")
+    counts = {key: int(reply.fields.get(key, "0")) for key in ("created", "replaced", "skipped")}
+    skipped = json.loads(reply.fields.get("skipped_users", "[]"))
+    if args.json:
+        print(json.dumps({**counts, "dry_run": args.dry_run, "skipped_users": skipped}))
+        return 0
+    verb = "would import" if args.dry_run else "imported"
+    print(f"{verb}: {counts['created']} new, {counts['replaced']} replaced, {counts['skipped']} already enrolled and kept")
+    if skipped:
+        more = f" and {counts['skipped'] - len(skipped)} more" if counts["skipped"] > len(skipped) else ""
+        print(f"kept (use --force to replace): {', '.join(skipped[:20])}{more if len(skipped) <= 20 else ' ...'}")
+    return 0
+
+
+def _import_fields(account: Any) -> dict[str, object]:
+    fields: dict[str, object] = {
+        "user": account.user,
+        "secret": account.secret,
+        "algorithm": account.algorithm,
+        "digits": account.digits,
+        "period": account.period,
+        "last_step": account.last_step,
+    }
+    if account.recovery_codes is not None:
+        fields["recovery_codes"] = " ".join(account.recovery_codes)
+    return fields
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="totpctl", description="Enroll and manage TOTP second factors (talks to totpd).")
     parser.add_argument("--socket", default=os.environ.get("TOTPD_SOCKET", DEFAULT_SOCKET), help="daemon socket (default %(default)s)")
@@ -329,6 +397,14 @@ def build_parser() -> argparse.ArgumentParser:
     codes.add_argument("user", nargs="?", metavar="USER")
     codes.add_argument("--regenerate", action="store_true", help="replace all recovery codes with new ones")
     codes.set_defaults(func=cmd_recovery_codes)
+
+    imports = sub.add_parser("import", parents=[common], help="import accounts from google-authenticator, pam_oath or a TSV file")
+    imports.add_argument("format", choices=("google-authenticator", "oath", "tsv"))
+    imports.add_argument("path", metavar="PATH")
+    imports.add_argument("--user", help="the account (google-authenticator: required; oath: only this entry)")
+    imports.add_argument("--dry-run", action="store_true", help="report what would change; write nothing")
+    imports.add_argument("--force", action="store_true", help="replace accounts that are already enrolled")
+    imports.set_defaults(func=cmd_import)
 
     verify = sub.add_parser("verify", parents=[common], help="check a code (counts as a login attempt)")
     verify.add_argument("user", metavar="USER")
