@@ -11,7 +11,8 @@ VPY          = $(VENV)/bin/python
 PYTEST_ARGS ?=
 
 APT_PACKAGES = build-essential libpam0g-dev libpam-wrapper python3 python3-venv python3-dev \
-               openssh-server openssh-client sudo zbar-tools oathtool util-linux
+               openssh-server openssh-client sudo zbar-tools oathtool util-linux \
+               libpam-google-authenticator
 
 .PHONY: all pam deps deps-apt deps-python demo test check clean
 

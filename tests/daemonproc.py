@@ -30,6 +30,16 @@ def _toml_value(value: object) -> str:
     return json.dumps(str(value))
 
 
+def _toml_table(table: dict, name: str) -> list[str]:
+    """Plain keys first, then sub-tables as [name.key] sections (enough TOML for our configs)."""
+    lines = [f"{key} = {_toml_value(value)}" for key, value in table.items() if not isinstance(value, dict)]
+    for key, value in table.items():
+        if isinstance(value, dict):
+            section = f"{name}.{key}" if name else key
+            lines += ["", f"[{section}]", *_toml_table(value, section)]
+    return lines
+
+
 class DaemonProcess:
     """A totpd process with its own socket, database and key under `workdir`."""
 
@@ -53,12 +63,7 @@ class DaemonProcess:
 
     def write_config(self, **changes: object) -> None:
         self.settings.update(changes)
-        lines = [f"{key} = {_toml_value(value)}" for key, value in self.settings.items() if not isinstance(value, dict)]
-        for key, value in self.settings.items():
-            if isinstance(value, dict):
-                lines.append(f"\n[{key}]")
-                lines += [f"{inner} = {_toml_value(item)}" for inner, item in value.items()]
-        Path(self.config_path).write_text("\n".join(lines) + "\n")
+        Path(self.config_path).write_text("\n".join(_toml_table(self.settings, "")) + "\n")
 
     @property
     def env(self) -> dict[str, str]:
@@ -137,6 +142,29 @@ class DaemonProcess:
             command[0] = SYSTEM_PYTHON
             env = dict(env, PYTHONPATH=self._public_package())
         return subprocess.run(command, input=input, capture_output=True, text=True, env=env, timeout=timeout, cwd="/", **kwargs)
+
+    def call_as(self, uid: int, verb: str, **fields: object) -> tuple[str, str]:
+        """One request over the socket from a process running as `uid`: (status, message)."""
+        import pwd
+
+        entry = pwd.getpwuid(uid)
+        script = (
+            "import json, sys\n"
+            "from totpd.client import Client\n"
+            "verb, fields = json.loads(sys.argv[1]), json.loads(sys.argv[2])\n"
+            f"reply = Client({self.socket_path!r}).call(verb, **fields)\n"
+            "print(json.dumps([reply.status, reply.message]))\n"
+        )
+        result = subprocess.run(
+            [SYSTEM_PYTHON, "-c", script, json.dumps(verb), json.dumps(fields)],
+            capture_output=True, text=True, timeout=30, cwd="/",
+            env=dict(self.env, PYTHONPATH=self._public_package()),
+            user=entry.pw_uid, group=entry.pw_gid, extra_groups=[],
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"client as uid {uid} failed: {result.stderr}")
+        status, message = json.loads(result.stdout)
+        return status, message
 
     def _public_package(self) -> str:
         target = self.workdir / "pkg"

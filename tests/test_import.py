@@ -1,0 +1,137 @@
+"""Migration from google-authenticator-libpam and pam_oath files, and bulk TSV provisioning."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import pyotp
+
+import wire
+
+
+def verify(daemon, user: str, code: str):
+    return wire.request(daemon.socket_path, "verify", user=user, code=code, service="sshd")
+
+
+def oathtool(secret_base32: str, *options: str, at: float | None = None) -> str:
+    args = ["oathtool", "--totp", "-b", secret_base32, *options]
+    if at is not None:
+        args.append(f"--now=@{int(at)}")
+    return subprocess.run(args, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def google_authenticator_file(path) -> tuple[str, list[str]]:
+    """Write a file with the real google-authenticator CLI, non-interactively."""
+    subprocess.run(
+        ["google-authenticator", "-t", "-d", "-f", "-r", "3", "-R", "30", "-w", "3", "-Q", "NONE", "-q", "-e", "5", "-s", str(path)],
+        check=True, capture_output=True, timeout=30,
+    )
+    lines = path.read_text().splitlines()
+    return lines[0], [line for line in lines if line.isdigit()]
+
+
+def test_a_google_authenticator_file_imports_and_its_codes_and_scratch_codes_work(daemon, tmp_path):
+    path = tmp_path / ".google_authenticator"
+    secret, scratch = google_authenticator_file(path)
+    assert len(scratch) == 5
+    result = daemon.ctl("import", "google-authenticator", "--user", "alice", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "imported: 1 new" in result.stdout
+    assert "5 scratch code(s) become recovery codes" in result.stderr
+    assert verify(daemon, "alice", oathtool(secret)).status == "ACCEPTED"
+    assert verify(daemon, "alice", scratch[2]).status == "ACCEPTED"
+    assert verify(daemon, "alice", scratch[2]).status == "REJECTED"
+    status = json.loads(daemon.ctl("status", "alice", "--json").stdout)
+    assert status["recovery_codes_left"] == 4
+
+
+def test_a_code_google_authenticator_already_accepted_stays_used(daemon, tmp_path):
+    path = tmp_path / ".google_authenticator"
+    secret, _ = google_authenticator_file(path)
+    now = time.time()
+    used_step = int(now) // 30
+    path.write_text(path.read_text().replace('" DISALLOW_REUSE', f'" DISALLOW_REUSE {used_step}'))
+    assert daemon.ctl("import", "google-authenticator", "--user", "alice", str(path)).returncode == 0
+    assert verify(daemon, "alice", oathtool(secret, at=used_step * 30)).status == "REJECTED"
+    assert verify(daemon, "alice", oathtool(secret, at=(used_step + 1) * 30)).status == "ACCEPTED"
+
+
+def test_an_hotp_google_authenticator_file_is_refused_clearly(daemon, tmp_path):
+    path = tmp_path / "ga"
+    subprocess.run(["google-authenticator", "-c", "-f", "-u", "-w", "3", "-Q", "NONE", "-q", "-s", str(path)], check=True, capture_output=True)
+    result = daemon.ctl("import", "google-authenticator", "--user", "alice", str(path))
+    assert result.returncode == 2 and "HOTP" in result.stderr
+
+
+def test_a_pam_oath_usersfile_imports_totp_entries_and_reports_hotp_ones(daemon, tmp_path):
+    alice, carol = "3132333435363738393031323334353637383930", "00112233445566778899aabbccddeeff00112233"
+    usersfile = tmp_path / "users.oath"
+    usersfile.write_text(
+        "# pam_oath usersfile\n"
+        f"HOTP/T30 alice - {alice}\n"
+        "HOTP bob - 3132333435363738393031323334353637383930 0\n"
+        f"HOTP/T60/8 carol - {carol} 0\n"
+    )
+    dry = daemon.ctl("import", "oath", str(usersfile), "--dry-run")
+    assert dry.returncode == 0 and "would import: 2 new" in dry.stdout
+    assert "bob: event-based (HOTP) entry skipped" in dry.stderr
+    assert verify(daemon, "alice", "123456").status == "DENIED"  # the dry run wrote nothing
+    assert daemon.ctl("import", "oath", str(usersfile)).returncode == 0
+    alice_code = subprocess.run(["oathtool", "--totp", alice], capture_output=True, text=True, check=True).stdout.strip()
+    carol_code = subprocess.run(["oathtool", "--totp", "--digits=8", "-s", "60s", carol], capture_output=True, text=True, check=True).stdout.strip()
+    assert verify(daemon, "alice", alice_code).status == "ACCEPTED"
+    assert verify(daemon, "carol", carol_code).status == "ACCEPTED"
+
+
+def test_one_entry_of_an_oath_usersfile_with_user(daemon, tmp_path):
+    usersfile = tmp_path / "users.oath"
+    usersfile.write_text("HOTP/T30 alice - 3132333435363738393031323334353637383930\nHOTP/T30 dave - 3132333435363738393031323334353637383930\n")
+    assert daemon.ctl("import", "oath", "--user", "dave", str(usersfile)).returncode == 0
+    listed = [entry["user"] for entry in json.loads(daemon.ctl("list", "--json").stdout)]
+    assert listed == ["dave"]
+
+
+def test_a_bad_file_gets_an_error_naming_the_line_and_nothing_is_imported(daemon, tmp_path):
+    bad = tmp_path / "bad.tsv"
+    bad.write_text(f"alice\t{pyotp.random_base32()}\nbob\tnot-base32!\n")
+    result = daemon.ctl("import", "tsv", str(bad))
+    assert result.returncode == 2 and f"{bad}:2:" in result.stderr and "base32" in result.stderr
+    assert json.loads(daemon.ctl("list", "--json").stdout) == []
+    oath_file = tmp_path / "users.oath"
+    oath_file.write_text("HOTP/T30 alice - zz\n")
+    result = daemon.ctl("import", "oath", str(oath_file))
+    assert result.returncode == 2 and f"{oath_file}:1:" in result.stderr
+
+
+def test_tsv_provisions_in_bulk_with_parameters_and_keeps_existing_accounts_unless_forced(daemon, tmp_path):
+    secrets = {f"user{i:03d}": pyotp.random_base32(32) for i in range(300)}
+    path = tmp_path / "accounts.tsv"
+    lines = [f"{user}\t{secret}" for user, secret in secrets.items()]
+    lines.append(f"sha\t{pyotp.random_base32(32)}\tSHA256\t8\t60")
+    path.write_text("\n".join(lines) + "\n")
+    result = daemon.ctl("import", "tsv", str(path), "--json")
+    assert json.loads(result.stdout) == {"created": 301, "replaced": 0, "skipped": 0, "dry_run": False, "skipped_users": []}
+    assert verify(daemon, "user123", pyotp.TOTP(secrets["user123"]).now()).status == "ACCEPTED"
+    sha = json.loads(daemon.ctl("status", "sha", "--json").stdout)
+    assert (sha["algorithm"], sha["digits"], sha["period"]) == ("SHA256", 8, 60)
+    again = json.loads(daemon.ctl("import", "tsv", str(path), "--json").stdout)
+    assert again["skipped"] == 301 and again["created"] == 0
+    forced = json.loads(daemon.ctl("import", "tsv", str(path), "--json", "--force").stdout)
+    assert forced["replaced"] == 301
+
+
+def test_imports_are_for_admins_only(daemon):
+    status, message = daemon.call_as(65534, "import_add", user="nobody", secret=pyotp.random_base32())
+    assert status == "FORBIDDEN" and "may not import" in message
+    assert daemon.call_as(65534, "import_commit")[0] == "FORBIDDEN"
+
+
+def test_importing_accounts_this_host_does_not_know_is_refused_whole(make_daemon, tmp_path):
+    daemon = make_daemon(check_accounts=True)
+    path = tmp_path / "mixed.tsv"
+    path.write_text(f"root\t{pyotp.random_base32()}\nno-such-user-qq\t{pyotp.random_base32()}\n")
+    result = daemon.ctl("import", "tsv", str(path))
+    assert result.returncode == 1 and f"{path}:2: no-such-user-qq" in result.stderr
+    assert json.loads(daemon.ctl("list", "--json").stdout) == []
