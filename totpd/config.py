@@ -168,15 +168,19 @@ def _table(value: Any) -> dict[str, Any]:
 
 
 def _sub_keys(table: dict[str, Any], checks: dict[str, Callable[[Any], Any]], where: str) -> dict[str, Any]:
+    """Check every key of `table`; errors name the key with its table (`where`, "" at the top)."""
     out: dict[str, Any] = {}
     for key, raw in table.items():
+        name = f"{where}.{key}" if where else key
         check = checks.get(key)
         if check is None:
-            raise _NestedError(f"unknown key '{where}.{key}' (see docs/configuration.md)")
+            raise _NestedError(f"unknown key '{name}' (see docs/configuration.md)")
         try:
             out[key] = check(raw)
+        except _NestedError:
+            raise
         except ValueError as exc:
-            raise _NestedError(f"key '{where}.{key}' {exc}") from None
+            raise _NestedError(f"key '{name}' {exc}") from None
     return out
 
 
@@ -276,17 +280,10 @@ def _check_rollout(unenrolled: str | None, allow_until: datetime.date | None, wh
 
 def parse(data: dict[str, Any], path: str) -> Config:
     """Check a parsed TOML table and turn it into a Config."""
-    values: dict[str, Any] = {}
-    for key, raw in data.items():
-        check = _KEYS.get(key)
-        if check is None:
-            raise ConfigError(f"{path}: unknown key '{key}' (see docs/configuration.md)")
-        try:
-            values[key] = check(raw)
-        except _NestedError as exc:
-            raise ConfigError(f"{path}: {exc}") from None
-        except ValueError as exc:
-            raise ConfigError(f"{path}: key '{key}' {exc}") from None
+    try:
+        values = _sub_keys(data, _KEYS, "")
+    except _NestedError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     # A deadline alone means "allow until the deadline".
     if "allow_until" in values and "unenrolled" not in values:
         values["unenrolled"] = "allow_until"
