@@ -138,12 +138,8 @@ class Service:
             return await handler(request, caller)
         except ProtocolError as exc:
             return _reply("BAD_REQUEST", str(exc))
-        except StoreError as exc:
-            log.error("store failure during %s: %s", request.verb, exc)
-            self._audit(request, caller, request.verb, "unavailable", level="warning")
-            return _reply("UNAVAILABLE", "The two-factor service cannot decide right now; try again shortly.")
-        except SealingError as exc:
-            log.error("sealing failure during %s: %s", request.verb, exc)
+        except (StoreError, SealingError) as exc:  # fail closed, with a line that says why
+            log.error("cannot decide %s: %s", request.verb, exc)
             self._audit(request, caller, request.verb, "unavailable", level="warning")
             return _reply("UNAVAILABLE", "The two-factor service cannot decide right now; try again shortly.")
 
