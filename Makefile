@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 
 APT_PACKAGES = build-essential libpam0g-dev libpam-wrapper python3 python3-venv python3-dev \
                openssh-server openssh-client sudo zbar-tools oathtool util-linux \
-               libpam-google-authenticator
+               libpam-google-authenticator postgresql
 
 .PHONY: all pam deps deps-apt deps-python demo test check clean
 

@@ -19,6 +19,13 @@ import wire
 from totpd.protocol import encode_request
 
 
+# Every test in this file runs twice: on the embedded SQLite store and on PostgreSQL
+# (fleet mode; conftest's make_daemon gives each test a fresh database).
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request) -> str:
+    return request.param
+
+
 def code(secret: str, steps_from_now: int = 0, **params) -> str:
     totp = pyotp.TOTP(secret, **params)
     return totp.at(time.time() + steps_from_now * totp.interval)
@@ -265,25 +272,45 @@ def test_list_pages_through_more_accounts_than_one_reply_holds(daemon):
 # -- secrets at rest ----------------------------------------------------------------
 
 
-def test_secrets_are_sealed_and_state_files_are_private(daemon):
+def test_secrets_are_sealed_and_state_files_are_private(daemon, backend):
     secret = daemon.enroll("alice")
-    state = daemon.workdir / "state"
+    state = os.path.dirname(daemon.settings["key_file"])  # with SQLite, the database is beside the key
     raw = base64.b32decode(secret + "=" * (-len(secret) % 8))
-    for path in state.iterdir():
-        data = path.read_bytes()
+    for name in os.listdir(state):
+        path = os.path.join(state, name)
+        with open(path, "rb") as handle:
+            data = handle.read()
         assert raw not in data and secret.encode() not in data, path
-        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
-    rows = sqlite3.connect(state / "totpd.db").execute("SELECT hash FROM recovery_codes").fetchall()
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, path
+    # Every value of every row, whichever the store: the secret appears in none of them.
+    if backend == "sqlite":
+        db = sqlite3.connect(os.path.join(state, "totpd.db"))
+        query = db.execute
+    else:
+        import psycopg
+
+        db = psycopg.connect(daemon.settings["database"], autocommit=True)
+        query = db.execute
+    for table in ("accounts", "recovery_codes", "meta"):
+        for row in query(f"SELECT * FROM {table}").fetchall():
+            for value in row:
+                data = bytes(value) if isinstance(value, (bytes, memoryview)) else str(value).encode()
+                assert raw not in data and secret.encode() not in data and raw.hex().encode() not in data, table
+    rows = query("SELECT hash FROM recovery_codes").fetchall()
+    db.close()
     assert rows and all(row[0].startswith("$argon2id$") for row in rows)
 
 
-def test_a_database_copied_without_its_key_yields_no_secret(make_daemon, tmp_path):
+def test_a_database_copied_without_its_key_yields_no_secret(make_daemon, backend):
     first = make_daemon()
     first.enroll("alice")
     first.stop()
     other = make_daemon(start=False)
-    (other.workdir / "state").mkdir()
-    shutil.copy(first.workdir / "state" / "totpd.db", other.workdir / "state" / "totpd.db")
+    other.write_config(key_file=str(other.workdir / "state" / "master.key"))  # its own key, not first's
+    if backend == "sqlite":
+        (other.workdir / "state").mkdir()
+        shutil.copy(first.workdir / "state" / "totpd.db", other.workdir / "state" / "totpd.db")
+    # (PostgreSQL: `other` is a host whose key differs from the fleet's, on the same database.)
     with pytest.raises(RuntimeError, match="master key does not open this database"):
         other.start()
 

@@ -338,6 +338,12 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from .migrate import run_cli  # the one command that opens the stores itself (offline)
+
+    return run_cli(args)
+
+
 def _import_fields(account: Any) -> dict[str, object]:
     fields: dict[str, object] = {
         "user": account.user,
@@ -405,6 +411,20 @@ def build_parser() -> argparse.ArgumentParser:
     imports.add_argument("--dry-run", action="store_true", help="report what would change; write nothing")
     imports.add_argument("--force", action="store_true", help="replace accounts that are already enrolled")
     imports.set_defaults(func=cmd_import)
+
+    migrate = sub.add_parser(
+        "migrate", parents=[common], help="copy every account between this host's SQLite store and PostgreSQL (daemons stopped)"
+    )
+    direction = migrate.add_mutually_exclusive_group(required=True)
+    direction.add_argument("--to", metavar="DSN", help="copy the SQLite store into this PostgreSQL database")
+    direction.add_argument("--from", dest="from_", metavar="DSN", help="copy this PostgreSQL database into the SQLite store")
+    migrate.add_argument("--database", metavar="PATH", help="the SQLite store (default: the config's, else /var/lib/totpd/totpd.db)")
+    migrate.add_argument("--config", metavar="FILE", help="totpd's configuration (default /etc/totpd/totpd.conf, if present)")
+    migrate.add_argument("--key-file", metavar="PATH", help="the master key (default: the config's key_file)")
+    migrate.add_argument("--password-file", metavar="PATH", help="PostgreSQL password (default: database_password_file, or PGPASSFILE)")
+    migrate.add_argument("--force", action="store_true", help="replace accounts that already exist in the target")
+    migrate.add_argument("--dry-run", action="store_true", help="report counts; write nothing")
+    migrate.set_defaults(func=cmd_migrate)
 
     verify = sub.add_parser("verify", parents=[common], help="check a code (counts as a login attempt)")
     verify.add_argument("user", metavar="USER")

@@ -25,6 +25,9 @@ class Config:
     socket_mode: int = 0o660
     socket_group: str = ""
     database: str = "/var/lib/totpd/totpd.db"
+    database_password_file: str = ""
+    database_pool_size: int = 4
+    database_timeout: float = 2.0
     key_file: str = "/var/lib/totpd/master.key"
     admin_group: str = ""
     issuer: str = ""
@@ -240,6 +243,9 @@ _KEYS: dict[str, Callable[[Any], Any]] = {
     "socket_mode": _mode,
     "socket_group": _string,
     "database": _path,
+    "database_password_file": _string,
+    "database_pool_size": _int_range(1, 64),
+    "database_timeout": _positive_number,
     "key_file": _path,
     "admin_group": _string,
     "issuer": _string,

@@ -37,7 +37,7 @@ from .protocol import (
 )
 from .sealing import Sealer, load_credential, load_key
 from .service import Caller, Service, Session, key_check
-from .store import open_store
+from .store import StoreOptions, open_store
 
 log = logging.getLogger("totpd")
 
@@ -251,10 +251,14 @@ def master_key(config: Config) -> bytes:
     return load_key(config.key_file, create=True)
 
 
+def store_options(config: Config) -> StoreOptions:
+    return StoreOptions(config.database_password_file, config.database_pool_size, config.database_timeout)
+
+
 def run(config: Config) -> None:
     os.umask(0o077)
     sealer = Sealer(master_key(config))
-    store = open_store(config.database, key_check(sealer))
+    store = open_store(config.database, key_check(sealer), store_options(config))
     notifier = None
     try:
         service = Service(config, store, sealer, Audit(config.audit))

@@ -64,7 +64,7 @@ class Session:
         self.staged: dict[str, Staged] = {}
 
 
-def _secret_context(user: str) -> str:
+def secret_context(user: str) -> str:
     return "secret:" + user
 
 
@@ -232,7 +232,7 @@ class Service:
             params = _params_of(account)
             if not otp.looks_like_totp(code, params):
                 return "try_recovery", account
-            secret = self.sealer.open(account.secret or b"", _secret_context(user))
+            secret = self.sealer.open(account.secret or b"", secret_context(user))
             step = otp.match_step(secret, params, code, now, window)
             if step is None:
                 far = otp.match_step(secret, params, code, now, DRIFT_SEARCH)
@@ -354,7 +354,7 @@ class Service:
                 self._audit(request, caller, "enroll", "proof_rejected", level="warning")
                 return _reply("REJECTED", "Replacing an enrollment needs a current code or a recovery code.")
         now = self.clock()
-        sealed = self.sealer.seal(secret, _secret_context(user))
+        sealed = self.sealer.seal(secret, secret_context(user))
         codes: list[str] = []
         hashes: list[str] = []
         if activate:
@@ -401,7 +401,7 @@ class Service:
             if account.locked or now < account.locked_until:
                 return "locked"
             params = _params_of(account, pending=True)
-            secret = self.sealer.open(account.pending_secret, _secret_context(user))
+            secret = self.sealer.open(account.pending_secret, secret_context(user))
             step = otp.match_step(secret, params, code, now, self.config.window)
             if step is None:
                 return self._fail(tx, account, now)
@@ -535,7 +535,7 @@ class Service:
         if "recovery_codes" in request.fields:
             codes = request.get("recovery_codes").split()
             hashes = await asyncio.to_thread(recovery.hash_codes, codes)
-        session.staged[user] = Staged(user, self.sealer.seal(secret, _secret_context(user)), params, last_step, hashes)
+        session.staged[user] = Staged(user, self.sealer.seal(secret, secret_context(user)), params, last_step, hashes)
         return _reply("OK", staged=len(session.staged))
 
     async def _import_commit(self, request: Request, caller: Caller, session: Session) -> Reply:

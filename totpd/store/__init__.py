@@ -4,7 +4,8 @@ The service never writes SQL. It hands the store a function of a `Transaction`;
 the backend runs it atomically and resolves the returned future only once the
 transaction is durably committed (so a reply that depends on it, an OK above all,
 can never go out before its state is safe). Both backends (SQLite, the embedded
-default; PostgreSQL, fleet mode) implement the same `Transaction` methods.
+default; PostgreSQL, fleet mode) implement the same `Transaction` methods, and the
+same tests run against both.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ from __future__ import annotations
 import abc
 import concurrent.futures
 import dataclasses
+import re
 from typing import Callable, TypeVar
+
+from ..errors import StoreError
 
 T = TypeVar("T")
 
@@ -40,6 +44,11 @@ class Account:
     @property
     def active(self) -> bool:
         return self.secret is not None
+
+    @classmethod
+    def from_row(cls, row: tuple) -> "Account":
+        """An account from the columns in the order both backends select them."""
+        return cls(*row[:8], bool(row[8]), *row[9:15])  # type: ignore[arg-type]
 
 
 class Transaction(abc.ABC):
@@ -89,6 +98,11 @@ class Transaction(abc.ABC):
     def page(self, offset: int, limit: int) -> list[tuple[Account, int]]:
         """Accounts ordered by name, each with its number of recovery codes left."""
 
+    @abc.abstractmethod
+    def restore(self, account: Account, recovery: list[tuple[int, str]]) -> None:
+        """Write an account exactly as given, with its recovery-code hashes, replacing any
+        existing one (`totpctl migrate` between stores; never used by the service)."""
+
 
 class Store(abc.ABC):
     @abc.abstractmethod
@@ -102,8 +116,46 @@ class Store(abc.ABC):
         return self.submit(work).result()
 
 
-def open_store(database: str, key_check: Callable[[Transaction], None]) -> Store:
-    """Open the backend named by `database` and check the master key against it."""
+@dataclasses.dataclass(frozen=True)
+class StoreOptions:
+    """Settings only the PostgreSQL backend uses (the config keys `database_*`)."""
+
+    password_file: str = ""
+    pool_size: int = 4
+    timeout: float = 2.0
+
+
+class StoreAbsent(StoreError):
+    """Opened with create=False and there is no totpd store there yet."""
+
+
+_LIBPQ_KEYWORD = re.compile(r"^\s*(host|hostaddr|port|dbname|user|service|sslmode|options|application_name)\s*=")
+
+
+def is_postgres(database: str) -> bool:
+    """Whether `database` names PostgreSQL (a URI or libpq keywords) rather than a SQLite path."""
+    if database.startswith(("postgresql://", "postgres://")):
+        return True
+    return bool(_LIBPQ_KEYWORD.match(database))
+
+
+def open_store(
+    database: str,
+    key_check: Callable[[Transaction], None],
+    options: StoreOptions | None = None,
+    create: bool = True,
+) -> Store:
+    """Open the backend named by `database` and check the master key against it.
+
+    `key_check` runs as the first unit of work, once migrations are applied (for
+    PostgreSQL, under the same advisory lock, so daemons starting together agree on
+    the key). With create=False a missing store raises StoreAbsent instead of being made.
+    psycopg is imported only here and only for PostgreSQL: SQLite installs need none.
+    """
+    if is_postgres(database):
+        from .postgres import PostgresStore
+
+        return PostgresStore(database, key_check, options or StoreOptions(), create=create)
     from .sqlite import SQLiteStore
 
-    return SQLiteStore(database, key_check)
+    return SQLiteStore(database, key_check, create=create)

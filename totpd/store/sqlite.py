@@ -18,7 +18,7 @@ import threading
 from typing import Callable, TypeVar
 
 from ..errors import StoreError, StoreUnavailable
-from . import SCHEMA_VERSION, Account, Store, Transaction
+from . import SCHEMA_VERSION, Account, Store, StoreAbsent, Transaction
 
 T = TypeVar("T")
 
@@ -62,33 +62,13 @@ _COLUMNS = (
 )
 
 
-def _account(row: tuple) -> Account:
-    return Account(
-        user=row[0],
-        secret=row[1],
-        algorithm=row[2],
-        digits=row[3],
-        period=row[4],
-        last_step=row[5],
-        failures=row[6],
-        locked_until=row[7],
-        locked=bool(row[8]),
-        created=row[9],
-        confirmed=row[10],
-        pending_secret=row[11],
-        pending_algorithm=row[12],
-        pending_digits=row[13],
-        pending_period=row[14],
-    )
-
-
 class SQLiteTransaction(Transaction):
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._db = conn
 
     def get(self, user: str) -> Account | None:
         row = self._db.execute(f"SELECT {_COLUMNS} FROM accounts WHERE user = ?", (user,)).fetchone()
-        return _account(row) if row else None
+        return Account.from_row(row) if row else None
 
     def put_pending(self, user: str, sealed: bytes, algorithm: str, digits: int, period: int, now: float) -> None:
         self._db.execute(
@@ -152,7 +132,22 @@ class SQLiteTransaction(Transaction):
             " FROM accounts a ORDER BY user LIMIT ? OFFSET ?",
             (limit, offset),
         ).fetchall()
-        return [(_account(row[:15]), row[15]) for row in rows]
+        return [(Account.from_row(row), row[15]) for row in rows]
+
+    def restore(self, account: Account, recovery: list[tuple[int, str]]) -> None:
+        self.delete(account.user)
+        self._db.execute(
+            f"INSERT INTO accounts ({_COLUMNS}) VALUES ({', '.join('?' * 15)})",
+            (
+                account.user, account.secret, account.algorithm, account.digits, account.period, account.last_step,
+                account.failures, account.locked_until, int(account.locked), account.created, account.confirmed,
+                account.pending_secret, account.pending_algorithm, account.pending_digits, account.pending_period,
+            ),
+        )
+        self._db.executemany(
+            "INSERT INTO recovery_codes (user, id, hash) VALUES (?, ?, ?)",
+            [(account.user, code_id, value) for code_id, value in recovery],
+        )
 
     def get_meta(self, key: str) -> bytes | None:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -176,8 +171,10 @@ def _create_private_file(path: str) -> None:
 
 
 class SQLiteStore(Store):
-    def __init__(self, path: str, key_check: Callable[[Transaction], None]) -> None:
+    def __init__(self, path: str, key_check: Callable[[Transaction], None], create: bool = True) -> None:
         self.path = path
+        if not create and not os.path.exists(path):
+            raise StoreAbsent(f"{path}: no such database")
         _create_private_file(path)
         info = os.stat(path)
         if not stat.S_ISREG(info.st_mode):

@@ -1,0 +1,573 @@
+"""The PostgreSQL store (fleet mode): many hosts, one database, the same interface.
+
+Every unit of work is one PostgreSQL transaction (READ COMMITTED) on a connection
+from a small pool, run in one of as many worker threads; its future resolves only
+after COMMIT has returned. `get` locks the account's row (SELECT ... FOR UPDATE), so
+the read-modify-write of a verification (failure counters, lockout, recovery-code
+use) is atomic across every host, and `advance_step` is one conditional UPDATE
+(... WHERE last_step < step) in that same transaction: of any number of hosts
+judging one code at once, exactly one advances the step.
+
+Every wait is bounded: connect, pool, lock and statement timeouts, and a watchdog
+that answers a unit UNAVAILABLE once the server has left it unanswered for
+`database_timeout` seconds, which also covers a server that stopped answering. Every
+database failure becomes StoreUnavailable, so the service fails closed. A broken
+connection is replaced by the pool; the daemon recovers by itself when the server
+returns, and logs one line when it goes away and one when it is back.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import heapq
+import itertools
+import logging
+import math
+import os
+import re
+import stat
+import threading
+import time
+from typing import Callable, TypeVar
+
+import psycopg
+import psycopg.conninfo
+import psycopg_pool
+
+from ..errors import StoreError, StoreUnavailable
+from . import SCHEMA_VERSION, Account, Store, StoreAbsent, StoreOptions, Transaction
+
+T = TypeVar("T")
+
+log = logging.getLogger("totpd")
+
+# pg_advisory_xact_lock key under which daemons migrate and check the key, one at a
+# time: the bytes of "totpd" as a number.
+MIGRATION_LOCK = int.from_bytes(b"totpd", "big")
+STARTUP_TIMEOUT_MS = 60_000  # a migration on a big table may take a while
+RECONNECT_GIVE_UP = 10.0  # pool reconnect attempts back off up to this, then start afresh on demand
+
+_MIGRATIONS: dict[int, list[str]] = {
+    1: [
+        """CREATE TABLE meta (
+            key TEXT PRIMARY KEY,
+            value BYTEA NOT NULL
+        )""",
+        """CREATE TABLE accounts (
+            "user" TEXT PRIMARY KEY,
+            secret BYTEA,
+            algorithm TEXT NOT NULL DEFAULT 'SHA1',
+            digits INTEGER NOT NULL DEFAULT 6,
+            period INTEGER NOT NULL DEFAULT 30,
+            last_step BIGINT NOT NULL DEFAULT -1,
+            failures INTEGER NOT NULL DEFAULT 0,
+            locked_until DOUBLE PRECISION NOT NULL DEFAULT 0,
+            locked BOOLEAN NOT NULL DEFAULT FALSE,
+            created DOUBLE PRECISION NOT NULL,
+            confirmed DOUBLE PRECISION,
+            pending_secret BYTEA,
+            pending_algorithm TEXT,
+            pending_digits INTEGER,
+            pending_period INTEGER
+        )""",
+        """CREATE TABLE recovery_codes (
+            "user" TEXT NOT NULL REFERENCES accounts("user") ON DELETE CASCADE,
+            id INTEGER NOT NULL,
+            hash TEXT NOT NULL,
+            PRIMARY KEY ("user", id)
+        )""",
+    ],
+}
+
+_COLUMNS = (
+    '"user", secret, algorithm, digits, period, last_step, failures, locked_until, locked, '
+    "created, confirmed, pending_secret, pending_algorithm, pending_digits, pending_period"
+)
+
+
+class _Unit:
+    """A unit of work in flight: its future, and when the server last answered it."""
+
+    __slots__ = ("future", "answered")
+
+    def __init__(self, future: concurrent.futures.Future) -> None:
+        self.future = future
+        self.answered = time.monotonic()
+
+    def progress(self) -> None:
+        self.answered = time.monotonic()
+
+
+class _Statements:
+    """The connection as a transaction sees it: every statement that returns is progress."""
+
+    def __init__(self, conn: psycopg.Connection, unit: _Unit | None) -> None:
+        self._conn = conn
+        self._unit = unit
+
+    def execute(self, query: str, params: tuple = ()) -> psycopg.Cursor:
+        cursor = self._conn.execute(query, params or None)  # type: ignore[arg-type]
+        if self._unit is not None:
+            self._unit.progress()
+        return cursor
+
+    def executemany(self, query: str, rows: list[tuple]) -> None:
+        with self._conn.cursor() as cursor:
+            cursor.executemany(query, rows)  # type: ignore[arg-type]
+        if self._unit is not None:
+            self._unit.progress()
+
+
+class PostgresTransaction(Transaction):
+    def __init__(self, conn: psycopg.Connection, unit: _Unit | None = None) -> None:
+        self._db = _Statements(conn, unit)
+
+    def get(self, user: str) -> Account | None:
+        # FOR UPDATE: whatever this unit decides from the row, no other host decides
+        # from the same version of it before this transaction ends.
+        row = self._db.execute(f'SELECT {_COLUMNS} FROM accounts WHERE "user" = %s FOR UPDATE', (user,)).fetchone()
+        return Account.from_row(row) if row else None
+
+    def put_pending(self, user: str, sealed: bytes, algorithm: str, digits: int, period: int, now: float) -> None:
+        self._db.execute(
+            'INSERT INTO accounts ("user", created, pending_secret, pending_algorithm, pending_digits, pending_period)'
+            " VALUES (%s, %s, %s, %s, %s, %s)"
+            ' ON CONFLICT ("user") DO UPDATE SET pending_secret = excluded.pending_secret,'
+            " pending_algorithm = excluded.pending_algorithm, pending_digits = excluded.pending_digits,"
+            " pending_period = excluded.pending_period",
+            (user, now, sealed, algorithm, digits, period),
+        )
+
+    def activate_pending(self, user: str, now: float) -> bool:
+        cursor = self._db.execute(
+            "UPDATE accounts SET secret = pending_secret, algorithm = pending_algorithm,"
+            " digits = pending_digits, period = pending_period, last_step = -1, failures = 0,"
+            " locked_until = 0, locked = FALSE, confirmed = %s, pending_secret = NULL,"
+            " pending_algorithm = NULL, pending_digits = NULL, pending_period = NULL"
+            ' WHERE "user" = %s AND pending_secret IS NOT NULL',
+            (now, user),
+        )
+        return cursor.rowcount == 1
+
+    def advance_step(self, user: str, step: int) -> bool:
+        # The one atomic conditional write that makes a code single-use fleet-wide.
+        cursor = self._db.execute(
+            "UPDATE accounts SET last_step = %s, failures = 0, locked_until = 0"
+            ' WHERE "user" = %s AND last_step < %s AND NOT locked',
+            (step, user, step),
+        )
+        return cursor.rowcount == 1
+
+    def set_failures(self, user: str, failures: int, locked_until: float, locked: bool) -> None:
+        self._db.execute(
+            'UPDATE accounts SET failures = %s, locked_until = %s, locked = %s WHERE "user" = %s',
+            (failures, locked_until, bool(locked), user),
+        )
+
+    def delete(self, user: str) -> bool:
+        self._db.execute('DELETE FROM recovery_codes WHERE "user" = %s', (user,))
+        return self._db.execute('DELETE FROM accounts WHERE "user" = %s', (user,)).rowcount == 1
+
+    def recovery_hashes(self, user: str) -> list[tuple[int, str]]:
+        rows = self._db.execute('SELECT id, hash FROM recovery_codes WHERE "user" = %s ORDER BY id', (user,))
+        return [tuple(row) for row in rows.fetchall()]  # type: ignore[misc]
+
+    def replace_recovery_codes(self, user: str, hashes: list[str]) -> None:
+        self._db.execute('DELETE FROM recovery_codes WHERE "user" = %s', (user,))
+        self._insert_recovery(user, list(enumerate(hashes)))
+
+    def _insert_recovery(self, user: str, codes: list[tuple[int, str]]) -> None:
+        if codes:
+            self._db.executemany(
+                'INSERT INTO recovery_codes ("user", id, hash) VALUES (%s, %s, %s)',
+                [(user, code_id, value) for code_id, value in codes],
+            )
+
+    def use_recovery_code(self, user: str, code_id: int) -> bool:
+        cursor = self._db.execute('DELETE FROM recovery_codes WHERE "user" = %s AND id = %s', (user, code_id))
+        return cursor.rowcount == 1
+
+    def count(self) -> int:
+        row = self._db.execute("SELECT count(*) FROM accounts").fetchone()
+        return int(row[0]) if row else 0
+
+    def page(self, offset: int, limit: int) -> list[tuple[Account, int]]:
+        # COLLATE "C": the same byte order as SQLite, whatever the database's locale.
+        rows = self._db.execute(
+            f'SELECT {_COLUMNS}, (SELECT count(*) FROM recovery_codes r WHERE r."user" = a."user")'
+            ' FROM accounts a ORDER BY "user" COLLATE "C" LIMIT %s OFFSET %s',
+            (limit, offset),
+        ).fetchall()
+        return [(Account.from_row(row), int(row[15])) for row in rows]
+
+    def restore(self, account: Account, recovery: list[tuple[int, str]]) -> None:
+        self.delete(account.user)
+        self._db.execute(
+            f"INSERT INTO accounts ({_COLUMNS}) VALUES ({', '.join(['%s'] * 15)})",
+            (
+                account.user, account.secret, account.algorithm, account.digits, account.period, account.last_step,
+                account.failures, account.locked_until, bool(account.locked), account.created, account.confirmed,
+                account.pending_secret, account.pending_algorithm, account.pending_digits, account.pending_period,
+            ),
+        )
+        self._insert_recovery(account.user, recovery)
+
+    def get_meta(self, key: str) -> bytes | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = %s", (key,)).fetchone()
+        return bytes(row[0]) if row else None
+
+    def set_meta(self, key: str, value: bytes) -> None:
+        self._db.execute(
+            "INSERT INTO meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+
+# -- connection settings ------------------------------------------------------------
+
+
+def _one_line(error: BaseException) -> str:
+    return re.sub(r"\s+", " ", str(error)).strip() or type(error).__name__
+
+
+def describe(params: dict[str, str]) -> str:
+    """A one-line name of the server for log lines: never the password."""
+    shown = [f"{key}={params[key]}" for key in ("host", "hostaddr", "port", "dbname", "user", "service") if params.get(key)]
+    return "PostgreSQL " + (" ".join(shown) if shown else "(libpq defaults)")
+
+
+def read_password_file(path: str) -> str:
+    """The first line of `path`, which must not be readable by group or others."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot read the database password: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise StoreError(f"{path}: the database password file is not a regular file")
+        if info.st_mode & 0o077:
+            raise StoreError(f"{path}: the database password file is readable by others; chmod 600 it")
+        with os.fdopen(fd, "r", encoding="utf-8", closefd=False) as handle:
+            password = handle.readline().rstrip("\r\n")
+    finally:
+        os.close(fd)
+    if not password:
+        raise StoreError(f"{path}: the database password file is empty")
+    return password
+
+
+def connection_settings(database: str, options: StoreOptions) -> tuple[dict[str, str], dict[str, object]]:
+    """(the parsed connection string, the keyword arguments every connection adds to it).
+
+    A password in the connection string is refused: configuration files get copied,
+    shown and backed up. It comes from `database_password_file` or libpq's own
+    PGPASSFILE / ~/.pgpass.
+    """
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(database)
+    except psycopg.Error as exc:
+        raise StoreError(f"key 'database' is not a valid PostgreSQL connection string: {_one_line(exc)}") from None
+    if params.get("password"):
+        raise StoreError(
+            "key 'database' holds a password in clear; remove it and put it in the file named by"
+            " 'database_password_file' (or in a PGPASSFILE)"
+        )
+    timeout_ms = max(1, int(options.timeout * 1000))
+    server_options = " ".join(
+        filter(
+            None,
+            [
+                str(params.get("options") or ""),
+                f"-c statement_timeout={timeout_ms}",
+                f"-c lock_timeout={timeout_ms}",
+                # A daemon that hangs mid-transaction must not hold an account's row for long.
+                f"-c idle_in_transaction_session_timeout={max(10_000, 5 * timeout_ms)}",
+            ],
+        )
+    )
+    kwargs: dict[str, object] = {
+        "connect_timeout": max(2, math.ceil(options.timeout)),  # libpq's smallest useful value is 2
+        "options": server_options,
+        "keepalives": 1,
+        "keepalives_idle": 5,
+        "keepalives_interval": 2,
+        "keepalives_count": 3,
+        "tcp_user_timeout": 10_000,
+    }
+    if not params.get("application_name"):
+        kwargs["application_name"] = "totpd"
+    if options.password_file:
+        kwargs["password"] = read_password_file(options.password_file)
+    return params, kwargs
+
+
+def _startup_kwargs(kwargs: dict[str, object]) -> dict[str, object]:
+    startup = dict(kwargs)
+    startup["options"] = re.sub(r"(statement_timeout|lock_timeout)=\d+", rf"\1={STARTUP_TIMEOUT_MS}", str(kwargs["options"]))
+    return startup
+
+
+# -- deadlines ------------------------------------------------------------------------
+
+
+class _Deadlines:
+    """One thread that fails a unit with StoreUnavailable once the server has not answered
+    it for `timeout` seconds (counted from submission, then from each statement that
+    returned: a bulk import of many statements runs on while the server keeps answering).
+
+    The worker may still be blocked on a server that stopped answering; the request
+    is answered (UNAVAILABLE, fail closed) regardless. Should that transaction commit
+    later, the reply already said no: a code can be spent, never granted twice.
+    """
+
+    def __init__(self, timeout: float, expired: Callable[[], StoreUnavailable]) -> None:
+        self._timeout = timeout
+        self._expired = expired
+        self._heap: list[tuple[float, int, _Unit]] = []
+        self._order = itertools.count()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="pg-deadlines", daemon=True)
+        self._thread.start()
+
+    def add(self, unit: _Unit) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (unit.answered + self._timeout, next(self._order), unit))
+            if self._heap[0][2] is unit:
+                self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed and (not self._heap or self._heap[0][0] > time.monotonic()):
+                    self._cond.wait(self._heap[0][0] - time.monotonic() if self._heap else None)
+                if self._closed:
+                    return
+                _, _, unit = heapq.heappop(self._heap)
+                if unit.future.done():
+                    continue
+                due = unit.answered + self._timeout
+                if due > time.monotonic():  # answered since: wait on
+                    heapq.heappush(self._heap, (due, next(self._order), unit))
+                    continue
+            _settle(unit.future, error=self._expired())
+
+
+def _settle(future: concurrent.futures.Future, value: object = None, error: BaseException | None = None) -> None:
+    """Resolve a future unless the deadline (or the worker) already did."""
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)
+    except concurrent.futures.InvalidStateError:
+        pass
+
+
+# -- the store -------------------------------------------------------------------------
+
+
+class PostgresStore(Store):
+    def __init__(
+        self,
+        database: str,
+        key_check: Callable[[Transaction], None],
+        options: StoreOptions,
+        create: bool = True,
+    ) -> None:
+        self.options = options
+        params, self._kwargs = connection_settings(database, options)
+        self.name = describe(params)
+        self._conninfo = database
+        self._closed = False
+        self._healthy = True
+        self._health_lock = threading.Lock()
+        self._connect_error = ""  # why the pool's last connection attempt failed, for the log line
+        self._start(key_check, create)
+        self._pool = psycopg_pool.ConnectionPool(
+            database,
+            connection_class=self._connection_class(),
+            kwargs=self._kwargs,
+            min_size=1,
+            max_size=options.pool_size,
+            open=False,
+            configure=_configure,
+            name="totpd",
+            timeout=options.timeout,
+            reconnect_timeout=RECONNECT_GIVE_UP,
+        )
+        # The pool's own warnings repeat on every reconnect attempt; the store logs
+        # one line when the server goes away and one when it is back.
+        logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
+        self._pool.open(wait=False)
+        log.info("store: %s (up to %d connections, %g s timeout)", self.name, options.pool_size, options.timeout)
+        self._workers = concurrent.futures.ThreadPoolExecutor(options.pool_size, thread_name_prefix="pg-store")
+        self._deadlines = _Deadlines(
+            options.timeout,
+            lambda: self._unavailable(f"no answer within {self.options.timeout:g} s (key 'database_timeout')"),
+        )
+
+    def _connection_class(self) -> type[psycopg.Connection]:
+        store = self
+
+        class Connection(psycopg.Connection):  # type: ignore[type-arg]
+            @classmethod
+            def connect(cls, *args, **kwargs):  # type: ignore[no-untyped-def, override]
+                try:
+                    conn = super().connect(*args, **kwargs)
+                except psycopg.Error as exc:
+                    store._connect_error = _one_line(exc)
+                    raise
+                store._connect_error = ""
+                return conn
+
+        return Connection
+
+    # -- start-up: migrations and the key check, one daemon at a time ------------------
+
+    def _start(self, key_check: Callable[[Transaction], None], create: bool) -> None:
+        try:
+            conn = psycopg.connect(self._conninfo, **_startup_kwargs(self._kwargs))  # type: ignore[arg-type]
+        except psycopg.Error as exc:
+            raise StoreUnavailable(f"{self.name}: cannot connect: {_one_line(exc)}") from None
+        try:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+                version = self._schema_version(conn)
+                if version == 0 and not create:
+                    raise StoreAbsent(f"{self.name}: no totpd tables in this database")
+                for target in range(version + 1, SCHEMA_VERSION + 1):
+                    for statement in _MIGRATIONS[target]:
+                        conn.execute(statement)
+                    conn.execute(
+                        "INSERT INTO totpd_schema (version, applied) VALUES (%s, %s)", (target, time.time())
+                    )
+                    log.info("%s: applied schema migration %d", self.name, target)
+                key_check(PostgresTransaction(conn))
+            self._warn_about_durability(conn)
+        except psycopg.Error as exc:
+            raise StoreError(f"{self.name}: cannot prepare the database: {_one_line(exc)}") from None
+        finally:
+            conn.close()
+
+    def _schema_version(self, conn: psycopg.Connection) -> int:
+        row = conn.execute(
+            "SELECT to_regclass('totpd_schema') IS NOT NULL, to_regclass('accounts') IS NOT NULL"
+        ).fetchone()
+        assert row is not None
+        has_schema, has_accounts = row
+        if not has_schema:
+            if has_accounts:
+                raise StoreError(f"{self.name}: this database has an 'accounts' table but is not a totpd database")
+            conn.execute("CREATE TABLE totpd_schema (version INTEGER PRIMARY KEY, applied DOUBLE PRECISION NOT NULL)")
+            return 0
+        found = conn.execute("SELECT coalesce(max(version), 0) FROM totpd_schema").fetchone()
+        version = int(found[0]) if found else 0
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.name}: the database has schema version {version}, newer than this totpd ({SCHEMA_VERSION});"
+                " upgrade totpd on this host"
+            )
+        return version
+
+    def _warn_about_durability(self, conn: psycopg.Connection) -> None:
+        """An acknowledged code use must survive a crash: say so when the server won't."""
+        settings = dict(conn.execute("SELECT name, setting FROM pg_settings WHERE name IN ('fsync', 'synchronous_commit')").fetchall())
+        if settings.get("fsync") == "off" or settings.get("synchronous_commit") in ("off", "local"):
+            log.warning(
+                "%s runs with fsync=%s, synchronous_commit=%s: a crash or failover can lose acknowledged code uses"
+                " and let a code work twice; see docs/fleet.md",
+                self.name, settings.get("fsync"), settings.get("synchronous_commit"),
+            )
+
+    # -- units of work --------------------------------------------------------------------
+
+    def submit(self, work: Callable[[Transaction], T]) -> concurrent.futures.Future[T]:
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        if self._closed:
+            future.set_exception(StoreUnavailable("the store is closed"))
+            return future
+        unit = _Unit(future)
+        self._deadlines.add(unit)
+        self._workers.submit(self._run, work, unit)
+        return future
+
+    def _run(self, work: Callable[[Transaction], T], unit: _Unit) -> None:
+        future = unit.future
+        if future.done():  # answered UNAVAILABLE while it waited for a worker: not run at all
+            return
+        try:
+            value = self._attempt(work, unit)
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting request
+            _settle(future, error=exc)
+        else:
+            self._mark(healthy=True)
+            _settle(future, value)
+
+    def _attempt(self, work: Callable[[Transaction], T], unit: _Unit) -> T:
+        # A connection that died while idle in the pool (server restarted) fails on its
+        # first statement, before anything was committed: the unit is then retried on
+        # another connection. A failure during COMMIT is never retried (its outcome is
+        # unknown); it is reported, and the request fails closed.
+        for _ in range(self.options.pool_size + 2):
+            remaining = unit.answered + self.options.timeout - time.monotonic()
+            if remaining <= 0 or unit.future.done():
+                break
+            try:
+                conn = self._pool.getconn(timeout=remaining)
+            except psycopg_pool.PoolTimeout:
+                why = f"cannot connect: {self._connect_error}" if self._connect_error else "no free connection"
+                raise self._unavailable(f"{why} (within {self.options.timeout:g} s)") from None
+            committing = False
+            try:
+                unit.progress()
+                value = work(PostgresTransaction(conn, unit))
+                committing = True
+                conn.commit()
+                return value
+            except psycopg.Error as exc:
+                if conn.broken and not committing:
+                    continue  # the finally returns the dead connection; the pool replaces it
+                what = "the commit failed, so the request fails closed" if committing else "the transaction failed"
+                raise self._unavailable(f"{what}: {_one_line(exc)}") from None
+            finally:
+                if not conn.broken and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                    try:
+                        conn.rollback()
+                    except psycopg.Error:
+                        pass
+                self._pool.putconn(conn)
+        raise self._unavailable(f"no answer within {self.options.timeout:g} s (key 'database_timeout')")
+
+    def _unavailable(self, reason: str) -> StoreUnavailable:
+        self._mark(healthy=False, reason=reason)
+        return StoreUnavailable(f"{self.name}: {reason}")
+
+    def _mark(self, healthy: bool, reason: str = "") -> None:
+        with self._health_lock:
+            if healthy == self._healthy:
+                return
+            self._healthy = healthy
+        if healthy:
+            log.info("%s answers again: verifications are decided normally", self.name)
+        else:
+            log.error("%s is unavailable (%s): every verification fails closed until it answers", self.name, reason)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._workers.shutdown(wait=True)
+        self._deadlines.close()
+        self._pool.close(timeout=self.options.timeout)
+
+
+def _configure(conn: psycopg.Connection) -> None:
+    conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
