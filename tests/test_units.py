@@ -42,6 +42,21 @@ def test_rfc6238_appendix_b_vectors_pass_through_the_verifier(when, codes, algor
     assert otp.match_step(seed, params, codes[algorithm], when + 60, window=1) is None
 
 
+@pytest.mark.parametrize("algorithm", ["SHA1", "SHA256", "SHA512"])
+@pytest.mark.parametrize("digits", [6, 8])
+def test_the_fast_hotp_agrees_with_pyotp(algorithm, digits):
+    import random
+
+    import pyotp
+
+    rng = random.Random(f"{algorithm}{digits}")
+    for _ in range(300):
+        secret = rng.randbytes(rng.choice([16, 20, 32, 64]))
+        counter = rng.choice([0, 1, rng.randrange(1 << 32), rng.randrange(1 << 40)])
+        reference = pyotp.HOTP(otp.encode_secret(secret), digits=digits, digest=getattr(hashlib, algorithm.lower()))
+        assert otp.hotp(secret, counter, digits, algorithm.lower()) == reference.at(counter)
+
+
 def test_match_step_refuses_codes_of_the_wrong_shape():
     params = otp.Params()
     seed = RFC_SEEDS["SHA1"]

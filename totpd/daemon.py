@@ -21,6 +21,7 @@ import stat
 import struct
 import sys
 from collections import Counter
+from typing import Coroutine
 
 from . import __version__, clock, config as config_module
 from .audit import Audit
@@ -43,6 +44,11 @@ log = logging.getLogger("totpd")
 
 SD_LISTEN_FDS_START = 3
 SHUTDOWN_GRACE = 10.0
+# How far a client may pipeline ahead of the request being answered before reading pauses.
+READ_AHEAD = 64 * 1024
+
+
+_BUSY = encode_reply(Reply("BUSY", {"message": "The two-factor service is busy; try again."}))
 
 
 def _peer(sock: socket.socket) -> Caller:
@@ -116,34 +122,178 @@ def bind_socket(config: Config) -> socket.socket:
     return sock
 
 
+class Connection(asyncio.Protocol):
+    """One client: frames in, one request answered at a time, replies out in order.
+
+    A protocol object rather than a stream and a task per connection: a login costs
+    a few callbacks instead of a coroutine with a timer around every read. Limits:
+    the announced length is checked before a payload is buffered, at most one frame
+    beyond the one being answered is read ahead (reading pauses), and a whole frame
+    must arrive within `read_timeout` of the connection or of the previous reply
+    (Daemon._sweep closes what is too slow, so dribbling bytes cannot extend it).
+    """
+
+    def __init__(self, daemon: "Daemon") -> None:
+        self.daemon = daemon
+        self.transport: asyncio.Transport | None = None
+        self.caller = Caller(0, -1, -1)
+        self.buffer = bytearray()
+        self.session = Session()  # per-connection state: a bulk import being staged
+        self.admitted = False
+        self.busy = False  # a request is being answered
+        self.eof = False
+        self.closed = False
+        self.write_paused = False
+        self.read_paused = False
+        self.deadline = 0.0
+
+    # -- asyncio callbacks ------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert hasattr(transport, "write")
+        self.transport = transport
+        daemon = self.daemon
+        try:
+            self.caller = _peer(transport.get_extra_info("socket"))
+        except OSError:
+            transport.abort()
+            return
+        if not daemon._admit(self.caller):
+            log.warning("refusing a connection from uid %d pid %d: too many connections", self.caller.uid, self.caller.pid)
+            transport.write(_BUSY)
+            transport.close()
+            return
+        self.admitted = True
+        daemon._live.add(self)
+        self.deadline = daemon.loop.time() + daemon.config.read_timeout
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.admitted:
+            self.admitted = False
+            self.daemon._live.discard(self)
+            self.daemon._release(self.caller)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed or not self.admitted:
+            return
+        self.buffer += data
+        if len(self.buffer) > READ_AHEAD and not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()  # type: ignore[union-attr]
+        self._next()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        if not self.busy:
+            self._finish_input()
+        return True  # keep the transport open to send the reply of a request in flight
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._next()
+
+    # -- the work -----------------------------------------------------------------------
+
+    def _next(self) -> None:
+        """Start answering the next complete frame in the buffer, if there is one."""
+        if self.busy or self.closed or self.write_paused or len(self.buffer) < HEADER_SIZE:
+            return
+        try:
+            length = parse_header(bytes(self.buffer[:HEADER_SIZE]), MAX_REQUEST_PAYLOAD)
+        except FrameError as exc:
+            log.warning("uid %d pid %d: malformed frame: %s", self.caller.uid, self.caller.pid, exc)
+            self._close_with(Reply("BAD_REQUEST", {"message": str(exc)}))
+            return
+        end = HEADER_SIZE + length
+        if len(self.buffer) < end:
+            return
+        payload = bytes(self.buffer[HEADER_SIZE:end])
+        del self.buffer[:end]
+        if self.read_paused and len(self.buffer) <= READ_AHEAD:
+            self.read_paused = False
+            self.transport.resume_reading()  # type: ignore[union-attr]
+        self.busy = True
+        self.daemon._spawn(self._answer(payload))
+
+    async def _answer(self, payload: bytes) -> None:
+        try:
+            reply = await self.daemon._answer(payload, self.caller, self.session)
+        finally:
+            self.busy = False
+        if self.closed:
+            return
+        self.transport.write(encode_reply(reply))  # type: ignore[union-attr]
+        self.deadline = self.daemon.loop.time() + self.daemon.config.read_timeout
+        if self.daemon._stopping.is_set():
+            self.transport.close()  # type: ignore[union-attr]
+            return
+        self._next()
+        if self.eof and not self.busy:
+            self._finish_input()
+
+    def _finish_input(self) -> None:
+        """The client sent its last byte: answer what is complete, then hang up."""
+        self._next()
+        if self.busy:
+            return
+        if self.buffer:
+            log.warning("uid %d pid %d sent a truncated frame", self.caller.uid, self.caller.pid)
+        self.transport.close()  # type: ignore[union-attr]
+
+    def expire(self, now: float) -> None:
+        """Close a connection whose next frame is overdue (called by Daemon._sweep)."""
+        if self.busy or self.closed or now < self.deadline:
+            return
+        if self.buffer:
+            log.warning("uid %d pid %d: timed out in the middle of a frame", self.caller.uid, self.caller.pid)
+        self.transport.close()  # type: ignore[union-attr]
+
+    def _close_with(self, reply: Reply) -> None:
+        self.transport.write(encode_reply(reply))  # type: ignore[union-attr]
+        self.transport.close()  # type: ignore[union-attr]
+        self.buffer.clear()
+
+
 class Daemon:
     def __init__(self, config: Config, service: Service) -> None:
         self.config = config
         self.service = service
         self._connections: Counter[int] = Counter()
         self._total = 0
+        self._live: set[Connection] = set()
+        self._tasks: set[asyncio.Task] = set()
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopping = asyncio.Event()
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by serve()
 
     async def serve(self, sock: socket.socket, owns_path: bool) -> None:
-        server = await asyncio.start_unix_server(self._connection, sock=sock, limit=MAX_REQUEST_PAYLOAD * 2)
-        loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
+        server = await self.loop.create_unix_server(lambda: Connection(self), sock=sock)
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, self._stopping.set)
+            self.loop.add_signal_handler(signum, self._stopping.set)
         log.info("listening on %s (protocol 1, totpd %s)", self.config.socket, __version__)
         sd_notify("READY=1\nSTATUS=serving")
-        watchdog = asyncio.create_task(self._watchdog())
+        chores = [asyncio.create_task(self._watchdog()), asyncio.create_task(self._sweep())]
         try:
             await self._stopping.wait()
         finally:
             sd_notify("STOPPING=1")
             log.info("stopping: finishing requests in flight")
-            watchdog.cancel()
+            for chore in chores:
+                chore.cancel()
             server.close()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), SHUTDOWN_GRACE)
+            for connection in list(self._live):
+                if connection.transport is not None:
+                    connection.transport.close()
+            await asyncio.sleep(0)  # let the transports say goodbye
             if owns_path:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.config.socket)
@@ -156,6 +306,20 @@ class Daemon:
         while True:
             sd_notify("WATCHDOG=1")
             await asyncio.sleep(interval)
+
+    async def _sweep(self) -> None:
+        """Close connections whose next frame is overdue: one pass over all, a few times per timeout."""
+        interval = min(0.5, self.config.read_timeout / 4)
+        while True:
+            await asyncio.sleep(interval)
+            now = self.loop.time()
+            for connection in list(self._live):
+                connection.expire(now)
+
+    def _spawn(self, coroutine: Coroutine[object, object, None]) -> None:
+        task = self.loop.create_task(coroutine)
+        self._tasks.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(self._tasks.discard)
 
     def _admit(self, caller: Caller) -> bool:
         if self._total >= self.config.max_connections:
@@ -171,52 +335,6 @@ class Daemon:
         self._connections[caller.uid] -= 1
         if not self._connections[caller.uid]:
             del self._connections[caller.uid]
-
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        caller = _peer(writer.get_extra_info("socket"))
-        if not self._admit(caller):
-            log.warning("refusing a connection from uid %d pid %d: too many connections", caller.uid, caller.pid)
-            await self._send_and_close(writer, Reply("BUSY", {"message": "The two-factor service is busy; try again."}))
-            return
-        try:
-            await self._serve_connection(reader, writer, caller)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            self._release(caller)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-
-    async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, caller: Caller) -> None:
-        timeout = self.config.read_timeout
-        session = Session()  # per-connection state: a bulk import being staged
-        while not self._stopping.is_set():
-            try:
-                header = await asyncio.wait_for(reader.readexactly(HEADER_SIZE), timeout)
-            except asyncio.IncompleteReadError as exc:
-                if exc.partial:
-                    log.warning("uid %d pid %d sent a truncated frame header", caller.uid, caller.pid)
-                return
-            except asyncio.TimeoutError:
-                return
-            try:
-                length = parse_header(header, MAX_REQUEST_PAYLOAD)
-            except FrameError as exc:
-                log.warning("uid %d pid %d: malformed frame: %s", caller.uid, caller.pid, exc)
-                await self._send_and_close(writer, Reply("BAD_REQUEST", {"message": str(exc)}))
-                return
-            try:
-                payload = await asyncio.wait_for(reader.readexactly(length), timeout)
-            except asyncio.IncompleteReadError:
-                log.warning("uid %d pid %d sent a truncated frame", caller.uid, caller.pid)
-                return
-            except asyncio.TimeoutError:
-                log.warning("uid %d pid %d: timed out in the middle of a frame", caller.uid, caller.pid)
-                return
-            reply = await self._answer(payload, caller, session)
-            writer.write(encode_reply(reply))
-            await writer.drain()
 
     async def _answer(self, payload: bytes, caller: Caller, session: Session) -> Reply:
         try:
@@ -236,13 +354,6 @@ class Daemon:
             if not self._in_flight:
                 self._idle.set()
 
-    @staticmethod
-    async def _send_and_close(writer: asyncio.StreamWriter, reply: Reply) -> None:
-        with contextlib.suppress(ConnectionError):
-            writer.write(encode_reply(reply))
-            await writer.drain()
-        writer.close()
-
 
 def master_key(config: Config) -> bytes:
     credential = config_module.environment_credential_path()
@@ -260,8 +371,9 @@ def run(config: Config) -> None:
     sealer = Sealer(master_key(config))
     store = open_store(config.database, key_check(sealer), store_options(config))
     notifier = None
+    audit = Audit(config.audit)
     try:
-        service = Service(config, store, sealer, Audit(config.audit))
+        service = Service(config, store, sealer, audit)
         if config.smtp is not None:
             notifier = Notifier(config.smtp)
             service.listeners.append(notifier)
@@ -271,6 +383,7 @@ def run(config: Config) -> None:
         sock = handed_over or bind_socket(config)
         asyncio.run(Daemon(config, service).serve(sock, owns_path=handed_over is None))
     finally:
+        audit.flush()
         if notifier is not None:
             notifier.close()
         store.close()

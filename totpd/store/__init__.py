@@ -112,8 +112,28 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None: ...
 
+    def submit_batch(self, units: list[Callable[[Transaction], object]], done: Callable[[list[Outcome]], None]) -> None:
+        """Run each unit as `submit` would and report through `done`, from any thread.
+
+        `done` receives (index, value, error) triples, all at once or in several calls,
+        each only after its unit's commit. This default answers unit by unit; the SQLite
+        store runs a whole batch in one transaction and answers it with one call, so the
+        daemon pays one thread hop per batch instead of one per request.
+        """
+        for index, work in enumerate(units):
+            self.submit(work).add_done_callback(lambda future, index=index: done([_outcome(index, future)]))
+
     def run(self, work: Callable[[Transaction], T]) -> T:
         return self.submit(work).result()
+
+
+# (index of the unit in its batch, its value, or the exception it raised)
+Outcome = tuple[int, object, BaseException | None]
+
+
+def _outcome(index: int, future: concurrent.futures.Future) -> Outcome:
+    error = future.exception()
+    return (index, None if error else future.result(), error)
 
 
 @dataclasses.dataclass(frozen=True)

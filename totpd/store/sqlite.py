@@ -10,6 +10,7 @@ every unit of the batch, so no reply ever claims state that was not written.
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import os
 import queue
 import sqlite3
@@ -18,9 +19,11 @@ import threading
 from typing import Callable, TypeVar
 
 from ..errors import StoreError, StoreUnavailable
-from . import SCHEMA_VERSION, Account, Store, StoreAbsent, Transaction
+from . import SCHEMA_VERSION, Account, Outcome, Store, StoreAbsent, Transaction
 
 T = TypeVar("T")
+
+log = logging.getLogger("totpd")
 
 MAX_BATCH = 512
 
@@ -157,6 +160,16 @@ class SQLiteTransaction(Transaction):
         self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
 
+def _settle(future: concurrent.futures.Future, outcome: Outcome) -> None:
+    _, value, error = outcome
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)
+
+
 def _create_private_file(path: str) -> None:
     """Create the database file 0600 before SQLite does, so it is never briefly readable."""
     directory = os.path.dirname(os.path.abspath(path))
@@ -236,7 +249,7 @@ class SQLiteStore(Store):
         except BaseException as exc:  # noqa: BLE001 - handed to the caller of __init__
             started.set_exception(exc)
             return
-        self._run_batch(conn, [(key_check, started)])
+        self._run_batch(conn, [([key_check], lambda outcomes: _settle(started, outcomes[0]))])
         if started.exception() is not None:
             conn.close()
             return
@@ -245,8 +258,8 @@ class SQLiteStore(Store):
                 item = self._queue.get()
                 if item is None:
                     break
-                batch = [item]
-                while len(batch) < MAX_BATCH:
+                batch, size = [item], len(item[0])
+                while size < MAX_BATCH:
                     try:
                         item = self._queue.get_nowait()
                     except queue.Empty:
@@ -255,37 +268,40 @@ class SQLiteStore(Store):
                         self._queue.put(None)
                         break
                     batch.append(item)
+                    size += len(item[0])
                 self._run_batch(conn, batch)
         finally:
             conn.close()
 
-    def _run_batch(self, conn: sqlite3.Connection, batch: list) -> None:
-        results: list[tuple[concurrent.futures.Future, object, BaseException | None]] = []
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[tuple[list, Callable[[list[Outcome]], None]]]) -> None:
+        """Run every unit of every item in one transaction, commit once, then answer each item."""
+        answers: list[list[Outcome]] = []
         tx = SQLiteTransaction(conn)
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             error = StoreUnavailable(f"{self.path}: cannot start a transaction: {exc}")
-            for _, future in batch:
-                future.set_exception(error)
+            for units, done in batch:
+                done([(index, None, error) for index in range(len(units))])
             return
-        for work, future in batch:
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                conn.execute("SAVEPOINT unit")
-                value = work(tx)
-                conn.execute("RELEASE unit")
-                results.append((future, value, None))
-            except BaseException as exc:  # noqa: BLE001 - each unit fails alone
+        for units, _ in batch:
+            outcomes: list[Outcome] = []
+            for index, work in enumerate(units):
                 try:
-                    conn.execute("ROLLBACK TO unit")
+                    conn.execute("SAVEPOINT unit")
+                    value = work(tx)
                     conn.execute("RELEASE unit")
-                except sqlite3.Error:
-                    pass
-                if isinstance(exc, sqlite3.Error):
-                    exc = StoreUnavailable(f"{self.path}: {exc}")
-                results.append((future, None, exc))
+                    outcomes.append((index, value, None))
+                except BaseException as exc:  # noqa: BLE001 - each unit fails alone
+                    try:
+                        conn.execute("ROLLBACK TO unit")
+                        conn.execute("RELEASE unit")
+                    except sqlite3.Error:
+                        pass
+                    if isinstance(exc, sqlite3.Error):
+                        exc = StoreUnavailable(f"{self.path}: {exc}")
+                    outcomes.append((index, None, exc))
+            answers.append(outcomes)
         try:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -294,22 +310,26 @@ class SQLiteStore(Store):
             except sqlite3.Error:
                 pass
             error = StoreUnavailable(f"{self.path}: cannot commit: {exc}")
-            results = [(future, None, error) for future, _, _ in results]
-        for future, value, exc in results:
-            if exc is not None:
-                future.set_exception(exc)
-            else:
-                future.set_result(value)
+            answers = [[(index, None, error) for index, _, _ in outcomes] for outcomes in answers]
+        for (_, done), outcomes in zip(batch, answers):
+            try:
+                done(outcomes)
+            except Exception:  # a caller's callback must not stop the store thread
+                log.exception("a store caller's callback failed")
 
     # -- the public side ---------------------------------------------------------------
 
     def submit(self, work: Callable[[Transaction], T]) -> concurrent.futures.Future[T]:
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        if self._closed:
-            future.set_exception(StoreUnavailable("the store is closed"))
-            return future
-        self._queue.put((work, future))
+        self.submit_batch([work], lambda outcomes: _settle(future, outcomes[0]))
         return future
+
+    def submit_batch(self, units: list[Callable[[Transaction], object]], done: Callable[[list[Outcome]], None]) -> None:
+        if self._closed:
+            error = StoreUnavailable("the store is closed")
+            done([(index, None, error) for index in range(len(units))])
+            return
+        self._queue.put((units, done))
 
     def close(self) -> None:
         if not self._closed:
