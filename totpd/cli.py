@@ -430,6 +430,10 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("user", metavar="USER")
     verify.add_argument("code", metavar="CODE", help="the code, or - to read it from stdin (keeps it out of ps)")
     verify.set_defaults(func=cmd_verify)
+
+    from .doctor import add_parser as add_doctor  # its own module: checks, exit codes, --help text
+
+    add_doctor(sub, common)
     return parser
 
 
