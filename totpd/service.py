@@ -264,10 +264,9 @@ class Service:
 
         def judge_totp(tx: Transaction) -> tuple[str, Account | None]:
             account = tx.get(user)
-            if account is None or not account.active:
-                return "unenrolled", account
-            if account.locked or now < account.locked_until:
-                return "locked", account
+            if barred := _barred(account, now):
+                return barred, account
+            assert account is not None
             params = _params_of(account)
             if not otp.looks_like_totp(code, params):
                 return "try_recovery", account
@@ -319,10 +318,9 @@ class Service:
 
         def consume(tx: Transaction) -> tuple[str, Account | None]:
             account = tx.get(user)
-            if account is None or not account.active:
-                return "unenrolled", account
-            if account.locked or now < account.locked_until:
-                return "locked", account
+            if barred := _barred(account, now):
+                return barred, account
+            assert account is not None
             if found is not None and tx.use_recovery_code(user, found):
                 tx.set_failures(user, 0, 0.0, False)
                 return "recovery_accepted", account
@@ -625,6 +623,15 @@ class Service:
             "OK", created=len(created), replaced=len(replaced), skipped=len(skipped),
             skipped_users=json.dumps(skipped[:100]), dry_run=int(dry_run),
         )
+
+
+def _barred(account: Account | None, now: float) -> str:
+    """Why no code can be judged for this account right now: 'unenrolled', 'locked' or ''."""
+    if account is None or not account.active:
+        return "unenrolled"
+    if account.locked or now < account.locked_until:
+        return "locked"
+    return ""
 
 
 def _describe(account: Account, recovery_left: int, now: float) -> dict[str, object]:
