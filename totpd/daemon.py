@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import grp
 import logging
 import os
@@ -46,6 +47,9 @@ SD_LISTEN_FDS_START = 3
 SHUTDOWN_GRACE = 10.0
 # How far a client may pipeline ahead of the request being answered before reading pauses.
 READ_AHEAD = 64 * 1024
+READ_CHUNK = 64 * 1024
+# Connections taken per wake-up of the listening socket, so a flood cannot starve replies.
+ACCEPT_BATCH = 64
 
 
 _BUSY = encode_reply(Reply("BUSY", {"message": "The two-factor service is busy; try again."}))
@@ -122,100 +126,117 @@ def bind_socket(config: Config) -> socket.socket:
     return sock
 
 
-class Connection(asyncio.Protocol):
+class Connection:
     """One client: frames in, one request answered at a time, replies out in order.
 
-    A protocol object rather than a stream and a task per connection: a login costs
-    a few callbacks instead of a coroutine with a timer around every read. Limits:
-    the announced length is checked before a payload is buffered, at most one frame
-    beyond the one being answered is read ahead (reading pauses), and a whole frame
-    must arrive within `read_timeout` of the connection or of the previous reply
+    Plain non-blocking sockets on the event loop's reader/writer callbacks, with no
+    transport, stream or task per connection: the PAM module opens a connection per
+    login, and asyncio's accept path (a task, a transport, a protocol) cost more than
+    the verification itself (docs/performance.md). Limits: the announced length is
+    checked before a payload is buffered; at most READ_AHEAD bytes beyond the request
+    being answered are read (then reading stops until it is answered); the next reply
+    is not started while the previous one is still queued; and a whole frame must
+    arrive within `read_timeout` of the connection or of the previous reply
     (Daemon._sweep closes what is too slow, so dribbling bytes cannot extend it).
     """
 
-    def __init__(self, daemon: "Daemon") -> None:
+    __slots__ = (
+        "daemon", "sock", "fd", "caller", "buffer", "outgoing", "session",
+        "busy", "eof", "closed", "reading", "deadline",
+    )
+
+    def __init__(self, daemon: "Daemon", sock: socket.socket, caller: Caller) -> None:
         self.daemon = daemon
-        self.transport: asyncio.Transport | None = None
-        self.caller = Caller(0, -1, -1)
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.caller = caller
         self.buffer = bytearray()
+        self.outgoing = bytearray()  # reply bytes the socket did not take yet
         self.session = Session()  # per-connection state: a bulk import being staged
-        self.admitted = False
         self.busy = False  # a request is being answered
         self.eof = False
         self.closed = False
-        self.write_paused = False
-        self.read_paused = False
-        self.deadline = 0.0
-
-    # -- asyncio callbacks ------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert hasattr(transport, "write")
-        self.transport = transport
-        daemon = self.daemon
-        try:
-            self.caller = _peer(transport.get_extra_info("socket"))
-        except OSError:
-            transport.abort()
-            return
-        if not daemon._admit(self.caller):
-            log.warning("refusing a connection from uid %d pid %d: too many connections", self.caller.uid, self.caller.pid)
-            transport.write(_BUSY)
-            transport.close()
-            return
-        self.admitted = True
-        daemon._live.add(self)
+        self.reading = True
         self.deadline = daemon.loop.time() + daemon.config.read_timeout
+        daemon.loop.add_reader(self.fd, self._readable)
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        if self.admitted:
-            self.admitted = False
-            self.daemon._live.discard(self)
-            self.daemon._release(self.caller)
+    # -- socket events --------------------------------------------------------------------
 
-    def data_received(self, data: bytes) -> None:
-        if self.closed or not self.admitted:
+    def _readable(self) -> None:
+        try:
+            data = self.sock.recv(READ_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close()
+            return
+        if not data:
+            self.eof = True
+            self._stop_reading()
+            if not self.busy:
+                self._finish_input()
             return
         self.buffer += data
-        if len(self.buffer) > READ_AHEAD and not self.read_paused:
-            self.read_paused = True
-            self.transport.pause_reading()  # type: ignore[union-attr]
+        if len(self.buffer) > READ_AHEAD:
+            self._stop_reading()
         self._next()
 
-    def eof_received(self) -> bool:
-        self.eof = True
-        if not self.busy:
-            self._finish_input()
-        return True  # keep the transport open to send the reply of a request in flight
+    def _writable(self) -> None:
+        self._flush()
+        if not self.outgoing and not self.closed:
+            self.daemon.loop.remove_writer(self.fd)
+            self._next()
+            if self.eof and not self.busy:
+                self._finish_input()
 
-    def pause_writing(self) -> None:
-        self.write_paused = True
+    def _stop_reading(self) -> None:
+        if self.reading:
+            self.reading = False
+            self.daemon.loop.remove_reader(self.fd)
 
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        self._next()
+    def send(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if self.outgoing:
+            self.outgoing += data
+            return
+        self.outgoing += data
+        self._flush()
+        if self.outgoing and not self.closed:
+            self.daemon.loop.add_writer(self.fd, self._writable)
 
-    # -- the work -----------------------------------------------------------------------
+    def _flush(self) -> None:
+        try:
+            sent = self.sock.send(self.outgoing)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:  # the client went away: nothing more to say to it
+            self.close()
+            return
+        del self.outgoing[:sent]
+
+    # -- the work ---------------------------------------------------------------------------
 
     def _next(self) -> None:
         """Start answering the next complete frame in the buffer, if there is one."""
-        if self.busy or self.closed or self.write_paused or len(self.buffer) < HEADER_SIZE:
+        if self.busy or self.closed or self.outgoing or len(self.buffer) < HEADER_SIZE:
             return
         try:
             length = parse_header(bytes(self.buffer[:HEADER_SIZE]), MAX_REQUEST_PAYLOAD)
         except FrameError as exc:
             log.warning("uid %d pid %d: malformed frame: %s", self.caller.uid, self.caller.pid, exc)
-            self._close_with(Reply("BAD_REQUEST", {"message": str(exc)}))
+            self.buffer.clear()
+            self.send(encode_reply(Reply("BAD_REQUEST", {"message": str(exc)})))
+            self.close(linger=True)
             return
         end = HEADER_SIZE + length
         if len(self.buffer) < end:
             return
         payload = bytes(self.buffer[HEADER_SIZE:end])
         del self.buffer[:end]
-        if self.read_paused and len(self.buffer) <= READ_AHEAD:
-            self.read_paused = False
-            self.transport.resume_reading()  # type: ignore[union-attr]
+        if not self.reading and not self.eof and len(self.buffer) <= READ_AHEAD:
+            self.reading = True
+            self.daemon.loop.add_reader(self.fd, self._readable)
         self.busy = True
         self.daemon._spawn(self._answer(payload))
 
@@ -226,10 +247,10 @@ class Connection(asyncio.Protocol):
             self.busy = False
         if self.closed:
             return
-        self.transport.write(encode_reply(reply))  # type: ignore[union-attr]
+        self.send(encode_reply(reply))
         self.deadline = self.daemon.loop.time() + self.daemon.config.read_timeout
         if self.daemon._stopping.is_set():
-            self.transport.close()  # type: ignore[union-attr]
+            self.close(linger=True)
             return
         self._next()
         if self.eof and not self.busy:
@@ -238,11 +259,11 @@ class Connection(asyncio.Protocol):
     def _finish_input(self) -> None:
         """The client sent its last byte: answer what is complete, then hang up."""
         self._next()
-        if self.busy:
-            return
+        if self.busy or self.outgoing:
+            return  # _answer or _writable comes back here
         if self.buffer:
             log.warning("uid %d pid %d sent a truncated frame", self.caller.uid, self.caller.pid)
-        self.transport.close()  # type: ignore[union-attr]
+        self.close()
 
     def expire(self, now: float) -> None:
         """Close a connection whose next frame is overdue (called by Daemon._sweep)."""
@@ -250,12 +271,25 @@ class Connection(asyncio.Protocol):
             return
         if self.buffer:
             log.warning("uid %d pid %d: timed out in the middle of a frame", self.caller.uid, self.caller.pid)
-        self.transport.close()  # type: ignore[union-attr]
+        self.close()
 
-    def _close_with(self, reply: Reply) -> None:
-        self.transport.write(encode_reply(reply))  # type: ignore[union-attr]
-        self.transport.close()  # type: ignore[union-attr]
-        self.buffer.clear()
+    def close(self, linger: bool = False) -> None:
+        """Hang up; with `linger`, first let the queued reply go out (bounded by the sweep)."""
+        if self.closed:
+            return
+        if linger and self.outgoing:
+            self._stop_reading()
+            self.eof = True  # _writable closes once the reply is out
+            self.deadline = min(self.deadline, self.daemon.loop.time() + self.daemon.config.read_timeout)
+            return
+        self.closed = True
+        loop = self.daemon.loop
+        if self.reading:
+            loop.remove_reader(self.fd)
+        if self.outgoing:
+            loop.remove_writer(self.fd)
+        self.sock.close()
+        self.daemon._release(self)
 
 
 class Daemon:
@@ -265,6 +299,8 @@ class Daemon:
         self._connections: Counter[int] = Counter()
         self._total = 0
         self._live: set[Connection] = set()
+        self._listener: socket.socket = None  # type: ignore[assignment]  # set by serve()
+        self._accepting = True
         self._tasks: set[asyncio.Task] = set()
         self._in_flight = 0
         self._idle = asyncio.Event()
@@ -274,7 +310,9 @@ class Daemon:
 
     async def serve(self, sock: socket.socket, owns_path: bool) -> None:
         self.loop = asyncio.get_running_loop()
-        server = await self.loop.create_unix_server(lambda: Connection(self), sock=sock)
+        sock.setblocking(False)
+        self._listener = sock
+        self.loop.add_reader(sock.fileno(), self._accept)
         for signum in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(signum, self._stopping.set)
         log.info("listening on %s (protocol 1, totpd %s)", self.config.socket, __version__)
@@ -287,13 +325,12 @@ class Daemon:
             log.info("stopping: finishing requests in flight")
             for chore in chores:
                 chore.cancel()
-            server.close()
+            self._stop_accepting()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), SHUTDOWN_GRACE)
             for connection in list(self._live):
-                if connection.transport is not None:
-                    connection.transport.close()
-            await asyncio.sleep(0)  # let the transports say goodbye
+                connection.close()
+            self._listener.close()
             if owns_path:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.config.socket)
@@ -321,6 +358,46 @@ class Daemon:
         self._tasks.add(task)  # the loop keeps only weak references to tasks
         task.add_done_callback(self._tasks.discard)
 
+    def _accept(self) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # Out of descriptors or memory: stop accepting for a moment rather
+                    # than spin; the sweep frees idle connections meanwhile.
+                    log.warning("cannot accept connections: %s; pausing for a second", exc.strerror)
+                    self._stop_accepting()
+                    self.loop.call_later(1.0, self._resume_accepting)
+                    return
+                log.warning("accept failed: %s", exc.strerror)
+                continue
+            sock.setblocking(False)
+            try:
+                caller = _peer(sock)
+            except OSError:
+                sock.close()
+                continue
+            if not self._admit(caller):
+                log.warning("refusing a connection from uid %d pid %d: too many connections", caller.uid, caller.pid)
+                with contextlib.suppress(OSError):
+                    sock.send(_BUSY)
+                sock.close()
+                continue
+            self._live.add(Connection(self, sock, caller))
+
+    def _stop_accepting(self) -> None:
+        if self._accepting:
+            self._accepting = False
+            self.loop.remove_reader(self._listener.fileno())
+
+    def _resume_accepting(self) -> None:
+        if not self._accepting and not self._stopping.is_set():
+            self._accepting = True
+            self.loop.add_reader(self._listener.fileno(), self._accept)
+
     def _admit(self, caller: Caller) -> bool:
         if self._total >= self.config.max_connections:
             return False
@@ -330,11 +407,13 @@ class Daemon:
         self._connections[caller.uid] += 1
         return True
 
-    def _release(self, caller: Caller) -> None:
+    def _release(self, connection: Connection) -> None:
+        self._live.discard(connection)
+        uid = connection.caller.uid
         self._total -= 1
-        self._connections[caller.uid] -= 1
-        if not self._connections[caller.uid]:
-            del self._connections[caller.uid]
+        self._connections[uid] -= 1
+        if not self._connections[uid]:
+            del self._connections[uid]
 
     async def _answer(self, payload: bytes, caller: Caller, session: Session) -> Reply:
         try:
