@@ -93,12 +93,11 @@ def _merge(
     secret: an earlier migration, then use on both sides), a recovery code used on
     either side stays used and the stricter throttling state is kept.
     """
-    merged = dataclasses.replace(source, last_step=max(source.last_step, target.last_step))
+    merged = source._replace(last_step=max(source.last_step, target.last_step))
     if not _same_enrollment(source, target, sealer):
         return merged, source_codes
     still_unused = set(target_codes)
-    merged = dataclasses.replace(
-        merged,
+    merged = merged._replace(
         failures=max(source.failures, target.failures),
         locked_until=max(source.locked_until, target.locked_until),
         locked=source.locked or target.locked,

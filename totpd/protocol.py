@@ -54,6 +54,8 @@ VERBS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "import_commit": (frozenset(), frozenset({"force", "dry_run"})),
 }
 
+_ALLOWED = {verb: required | optional for verb, (required, optional) in VERBS.items()}
+
 
 @dataclasses.dataclass(frozen=True)
 class Request:
@@ -150,12 +152,11 @@ def decode_request(payload: bytes) -> Request:
         raise ProtocolError(f"unknown verb '{verb}'")
     fields = _fields(lines[1:], MAX_VALUE)
     required, optional = VERBS[verb]
-    for key in fields:
-        if key not in required and key not in optional:
-            raise ProtocolError(f"verb '{verb}' takes no key '{key}'")
-    missing = sorted(required - fields.keys())
-    if missing:
-        raise ProtocolError(f"verb '{verb}' needs key '{missing[0]}'")
+    if not fields.keys() <= _ALLOWED[verb]:
+        key = next(key for key in fields if key not in _ALLOWED[verb])
+        raise ProtocolError(f"verb '{verb}' takes no key '{key}'")
+    if not required <= fields.keys():
+        raise ProtocolError(f"verb '{verb}' needs key '{sorted(required - fields.keys())[0]}'")
     if "user" in fields:
         check_user(fields["user"])
     return Request(verb, fields)

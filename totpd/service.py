@@ -104,26 +104,53 @@ class Batcher:
 
     Every unit submitted during one turn of the event loop goes to the store as one
     batch, and the answers come back with one wake-up of the loop: a thread hop per
-    batch rather than per request, which is most of what a verification used to cost
-    besides the fsync that group commit already shares.
+    batch rather than per request. A store that can run a batch in the caller's
+    thread (SQLite's run_here) does so, and only its commit leaves the loop's thread;
+    units that arrive meanwhile form the next batch, started when that commit is done.
     """
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._run_here = getattr(store, "run_here", None)
         self._pending: list[tuple[Callable[[Transaction], object], asyncio.Future]] = []
+        self._scheduled = False
+        self._committing = False
 
     def submit(self, work: Callable[[Transaction], object]) -> asyncio.Future:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        if not self._pending:
-            loop.call_soon(self._flush, loop)
         self._pending.append((work, future))
+        self._schedule(loop)
         return future
 
+    def _schedule(self, loop: asyncio.AbstractEventLoop, delay: float = 0.0) -> None:
+        if self._pending and not self._scheduled and not self._committing:
+            self._scheduled = True
+            if delay:
+                loop.call_later(delay, self._flush, loop)
+            else:
+                loop.call_soon(self._flush, loop)
+
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._scheduled = False
+        if not self._pending or self._committing:
+            return
         batch, self._pending = self._pending, []
         units = [work for work, _ in batch]
-        self.store.submit_batch(units, lambda outcomes: loop.call_soon_threadsafe(self._settle, batch, outcomes))
+        if self._run_here is None:
+            self.store.submit_batch(units, lambda outcomes: loop.call_soon_threadsafe(self._settle, batch, outcomes))
+            return
+        self._committing = True
+        if not self._run_here(units, lambda outcomes: loop.call_soon_threadsafe(self._committed, loop, batch, outcomes)):
+            # The connection is busy with work that did not come from this loop: retry shortly.
+            self._committing = False
+            self._pending[:0] = batch
+            self._schedule(loop, delay=0.001)
+
+    def _committed(self, loop: asyncio.AbstractEventLoop, batch: list, outcomes: list[Outcome]) -> None:
+        self._committing = False
+        self._settle(batch, outcomes)
+        self._schedule(loop)
 
     @staticmethod
     def _settle(batch: list[tuple[object, asyncio.Future]], outcomes: list[Outcome]) -> None:

@@ -10,6 +10,7 @@ every unit of the batch, so no reply ever claims state that was not written.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import logging
 import os
 import queue
@@ -183,6 +184,22 @@ def _create_private_file(path: str) -> None:
     os.close(fd)
 
 
+@dataclasses.dataclass
+class _Commit:
+    """A batch that run_here() ran: the store thread commits it and answers."""
+
+    units: list
+    done: Callable[[list[Outcome]], None]
+    outcomes: list[Outcome]
+
+
+def _answer(done: Callable[[list[Outcome]], None], outcomes: list[Outcome]) -> None:
+    try:
+        done(outcomes)
+    except Exception:  # a caller's callback must not stop the store thread
+        log.exception("a store caller's callback failed")
+
+
 class SQLiteStore(Store):
     def __init__(self, path: str, key_check: Callable[[Transaction], None], create: bool = True) -> None:
         self.path = path
@@ -195,6 +212,10 @@ class SQLiteStore(Store):
         if info.st_mode & 0o077:
             raise StoreError(f"{path}: the database is readable by others; chmod 600 it")
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        # Who uses the connection: the store thread for its batches, or a run_here()
+        # batch from its start until the store thread has committed it.
+        self._conn_lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
         self._closed = False
         started: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._thread = threading.Thread(target=self._serve, args=(started, key_check), name="sqlite-store", daemon=True)
@@ -205,7 +226,7 @@ class SQLiteStore(Store):
 
     def _open(self) -> sqlite3.Connection:
         try:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode = WAL").fetchone()
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
@@ -249,6 +270,7 @@ class SQLiteStore(Store):
         except BaseException as exc:  # noqa: BLE001 - handed to the caller of __init__
             started.set_exception(exc)
             return
+        self._conn = conn
         self._run_batch(conn, [([key_check], lambda outcomes: _settle(started, outcomes[0]))])
         if started.exception() is not None:
             conn.close()
@@ -258,6 +280,9 @@ class SQLiteStore(Store):
                 item = self._queue.get()
                 if item is None:
                     break
+                if isinstance(item, _Commit):
+                    self._commit_here_batch(conn, item)
+                    continue
                 batch, size = [item], len(item[0])
                 while size < MAX_BATCH:
                     try:
@@ -267,41 +292,72 @@ class SQLiteStore(Store):
                     if item is None:
                         self._queue.put(None)
                         break
+                    if isinstance(item, _Commit):
+                        self._commit_here_batch(conn, item)
+                        continue
                     batch.append(item)
                     size += len(item[0])
-                self._run_batch(conn, batch)
+                while not self._conn_lock.acquire(blocking=False):
+                    # A batch run by run_here() holds the connection; its commit is
+                    # queued (or about to be): do it, keep the rest for after.
+                    item = self._queue.get()
+                    if isinstance(item, _Commit):
+                        self._commit_here_batch(conn, item)
+                    elif item is None:
+                        self._queue.put(None)
+                    else:
+                        batch.append(item)
+                try:
+                    self._run_batch(conn, batch)
+                finally:
+                    self._conn_lock.release()
         finally:
             conn.close()
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[tuple[list, Callable[[list[Outcome]], None]]]) -> None:
         """Run every unit of every item in one transaction, commit once, then answer each item."""
-        answers: list[list[Outcome]] = []
-        tx = SQLiteTransaction(conn)
+        if not self._begin(conn, batch):
+            return
+        self._commit(conn, batch, [self._run_units(conn, units) for units, _ in batch])
+
+    def _begin(self, conn: sqlite3.Connection, batch: list[tuple[list, Callable[[list[Outcome]], None]]]) -> bool:
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             error = StoreUnavailable(f"{self.path}: cannot start a transaction: {exc}")
             for units, done in batch:
-                done([(index, None, error) for index in range(len(units))])
-            return
-        for units, _ in batch:
-            outcomes: list[Outcome] = []
-            for index, work in enumerate(units):
+                _answer(done, [(index, None, error) for index in range(len(units))])
+            return False
+        return True
+
+    def _run_units(self, conn: sqlite3.Connection, units: list[Callable[[Transaction], object]]) -> list[Outcome]:
+        """Each unit in its own savepoint: one that raises is rolled back alone."""
+        tx = SQLiteTransaction(conn)
+        outcomes: list[Outcome] = []
+        for index, work in enumerate(units):
+            try:
+                conn.execute("SAVEPOINT unit")
+                value = work(tx)
+                conn.execute("RELEASE unit")
+                outcomes.append((index, value, None))
+            except BaseException as exc:  # noqa: BLE001 - each unit fails alone
                 try:
-                    conn.execute("SAVEPOINT unit")
-                    value = work(tx)
+                    conn.execute("ROLLBACK TO unit")
                     conn.execute("RELEASE unit")
-                    outcomes.append((index, value, None))
-                except BaseException as exc:  # noqa: BLE001 - each unit fails alone
-                    try:
-                        conn.execute("ROLLBACK TO unit")
-                        conn.execute("RELEASE unit")
-                    except sqlite3.Error:
-                        pass
-                    if isinstance(exc, sqlite3.Error):
-                        exc = StoreUnavailable(f"{self.path}: {exc}")
-                    outcomes.append((index, None, exc))
-            answers.append(outcomes)
+                except sqlite3.Error:
+                    pass
+                if isinstance(exc, sqlite3.Error):
+                    exc = StoreUnavailable(f"{self.path}: {exc}")
+                outcomes.append((index, None, exc))
+        return outcomes
+
+    def _commit(
+        self,
+        conn: sqlite3.Connection,
+        batch: list[tuple[list, Callable[[list[Outcome]], None]]],
+        answers: list[list[Outcome]],
+    ) -> None:
+        """Commit once (one fsync for the whole batch), then answer: never before."""
         try:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -312,10 +368,37 @@ class SQLiteStore(Store):
             error = StoreUnavailable(f"{self.path}: cannot commit: {exc}")
             answers = [[(index, None, error) for index, _, _ in outcomes] for outcomes in answers]
         for (_, done), outcomes in zip(batch, answers):
-            try:
-                done(outcomes)
-            except Exception:  # a caller's callback must not stop the store thread
-                log.exception("a store caller's callback failed")
+            _answer(done, outcomes)
+
+    def _commit_here_batch(self, conn: sqlite3.Connection, item: "_Commit") -> None:
+        try:
+            self._commit(conn, [(item.units, item.done)], [item.outcomes])
+        finally:
+            self._conn_lock.release()
+
+    def run_here(self, units: list[Callable[[Transaction], object]], done: Callable[[list[Outcome]], None]) -> bool:
+        """Run the units in the calling thread now; commit on the store thread, then call `done`.
+
+        For the daemon's event loop: the units' Python runs in the loop's thread and
+        only the COMMIT (the fsync, without the GIL) runs on the store thread, so the
+        two threads stop handing the GIL back and forth for every request. False
+        (nothing done) while the connection is in use: a previous batch is still
+        committing. The caller tries again once its `done` has been called.
+        """
+        if self._closed:
+            error = StoreUnavailable("the store is closed")
+            done([(index, None, error) for index in range(len(units))])
+            return True
+        if not self._conn_lock.acquire(blocking=False):
+            return False
+        conn = self._conn
+        assert conn is not None
+        if not self._begin(conn, [(units, done)]):
+            self._conn_lock.release()
+            return True
+        outcomes = self._run_units(conn, units)
+        self._queue.put(_Commit(units, done, outcomes))  # the store thread commits and releases the lock
+        return True
 
     # -- the public side ---------------------------------------------------------------
 
