@@ -12,7 +12,8 @@ PYTEST_ARGS ?=
 
 APT_PACKAGES = build-essential libpam0g-dev libpam-wrapper python3 python3-venv python3-dev \
                openssh-server openssh-client sudo zbar-tools oathtool util-linux \
-               libpam-google-authenticator postgresql
+               libpam-google-authenticator postgresql systemd \
+               dbus dbus-daemon dbus-bin libglib2.0-bin libdbus-1-dev libglib2.0-dev pkg-config
 
 .PHONY: all pam deps deps-apt deps-python demo test check clean
 

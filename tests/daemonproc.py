@@ -56,6 +56,7 @@ class DaemonProcess:
             "socket_mode": "0666",
             "check_accounts": False,
             "audit": "stderr",
+            "dbus": "off",  # tests/dbus runs its own private bus
         }
         self.settings.update(settings)
         self.process: subprocess.Popen | None = None
@@ -93,10 +94,14 @@ class DaemonProcess:
         raise RuntimeError(f"totpd did not start within {timeout}s:\n{self.log()}")
 
     def _answers(self) -> bool:
+        """A ping answered, not merely a connect: the kernel accepts connections as soon
+        as the socket listens, before the daemon's loop (and its SIGTERM handler) runs."""
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.settimeout(2.0)
         try:
             probe.connect(self.socket_path)
-            return True
+            probe.sendall(b"TD\x01\x00\x00\x00\x00\x05ping\n")
+            return probe.recv(10).startswith(b"TD")
         except OSError:
             return False
         finally:

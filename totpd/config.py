@@ -53,6 +53,7 @@ class Config:
     max_connections_per_uid: int = 32
     audit: str = "auto"
     log_level: str = "info"
+    dbus: str = "system"
     path: str = ""  # where this configuration came from (not a key)
 
     @property
@@ -229,6 +230,12 @@ def _events(value: Any) -> tuple[str, ...]:
     return names
 
 
+def _dbus(value: Any) -> str:
+    if not isinstance(value, str) or not (value in ("system", "off") or ":" in value) or "\0" in value:
+        raise ValueError('must be "system", "off" or a D-Bus address such as "unix:path=/run/totpd-test/bus"')
+    return value
+
+
 def _choice(*choices: str) -> Callable[[Any], str]:
     def check(value: Any) -> str:
         if value not in choices:
@@ -271,6 +278,7 @@ _KEYS: dict[str, Callable[[Any], Any]] = {
     "max_connections_per_uid": _int_range(1, 65536),
     "audit": _choice("auto", "syslog", "stderr"),
     "log_level": _choice("debug", "info", "warning", "error"),
+    "dbus": _dbus,
 }
 
 

@@ -316,6 +316,13 @@ class Daemon:
         for signum in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(signum, self._stopping.set)
         log.info("listening on %s (protocol 1, totpd %s)", self.config.socket, __version__)
+        # -- D-Bus (docs/dbus.md): optional; without a bus the socket serves alone.
+        bus_api = None
+        if self.config.dbus != "off":
+            from . import dbusapi
+
+            bus_api = await dbusapi.start(self.config, self.service)
+        # -- end D-Bus
         sd_notify("READY=1\nSTATUS=serving")
         chores = [asyncio.create_task(self._watchdog()), asyncio.create_task(self._sweep())]
         try:
@@ -328,6 +335,8 @@ class Daemon:
             self._stop_accepting()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), SHUTDOWN_GRACE)
+            if bus_api is not None:  # D-Bus: finish its calls in flight, then leave the bus
+                await bus_api.close()
             for connection in list(self._live):
                 connection.close()
             self._listener.close()

@@ -41,6 +41,9 @@ class Caller:
     pid: int
     uid: int
     gid: int
+    # A D-Bus call carries what polkit granted for it: "any" account, "own" account
+    # only, or "none" (totpd/dbusapi.py). None on the socket: the uid decides.
+    granted: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,6 +229,8 @@ class Service:
     # -- authorization ---------------------------------------------------------------
 
     async def _is_admin(self, caller: Caller) -> bool:
+        if caller.granted is not None:
+            return caller.granted == "any"
         if caller.uid == 0:
             return True
         if not self.config.admin_group:
@@ -233,6 +238,8 @@ class Service:
         return await asyncio.to_thread(_in_group, caller.uid, caller.gid, self.config.admin_group)
 
     async def _is_self(self, caller: Caller, user: str) -> bool:
+        if caller.granted == "none":
+            return False
         entry = await asyncio.to_thread(_lookup, user)
         return entry is not None and entry.pw_uid == caller.uid
 
