@@ -12,10 +12,11 @@ PYTEST_ARGS ?=
 
 APT_PACKAGES = build-essential libpam0g-dev libpam-wrapper python3 python3-venv python3-dev \
                openssh-server openssh-client sudo zbar-tools oathtool util-linux \
-               libpam-google-authenticator postgresql systemd \
-               dbus dbus-daemon dbus-bin libglib2.0-bin libdbus-1-dev libglib2.0-dev pkg-config
+               libpam-google-authenticator libpam-oath postgresql systemd \
+               dbus dbus-daemon dbus-bin libglib2.0-bin libdbus-1-dev libglib2.0-dev pkg-config \
+               debhelper dpkg-dev python3-pip scdoc man-db groff-base
 
-.PHONY: all pam deps deps-apt deps-python demo test check clean
+.PHONY: all pam deps deps-apt deps-python demo test check clean bench
 
 all: pam
 
@@ -51,6 +52,24 @@ test: deps pam
 check: pam
 	$(VPY) -m pytest $(PYTEST_ARGS)
 
+# -- make bench: PAM modules side by side, the daemon alone, scale (docs/performance.md) --
+BENCH_TOOLS = bench/loadgen bench/pamdrive bench/logsink
+BENCH_ARGS ?=
+
+bench/loadgen bench/logsink: bench/%: bench/%.c
+	$(CC) -O2 -Wall -Wextra -Werror -o $@ $<
+
+bench/pamdrive: bench/pamdrive.c
+	$(CC) -O2 -Wall -Wextra -Werror -o $@ $< -lpam
+
+bench: deps pam $(BENCH_TOOLS)
+	$(VPY) bench/bench.py $(BENCH_ARGS)
+
+# make man / install / uninstall / deb: packaging/install.mk
+include packaging/install.mk
+
 clean:
 	$(MAKE) -C pam clean
 	rm -rf build dist *.egg-info .pytest_cache
+	rm -f $(MAN_PAGES)
+	rm -f $(BENCH_TOOLS)
