@@ -302,3 +302,24 @@ def test_exit_2_when_the_doctor_cannot_run(tmp_path: Path) -> None:
     assert done.returncode == 2 and "--root is not a directory" in done.stderr and not done.stdout
     done = run_cli("--config", str(tmp_path / "missing.conf"))
     assert done.returncode == 2 and "missing.conf" in done.stderr
+
+
+def test_a_key_held_as_a_systemd_credential_is_checked_not_missing(tmp_path: Path, make_daemon) -> None:
+    daemon = make_daemon()
+    root = make_root(tmp_path, "auth required pam_totpd.so\n")
+    key = Path(daemon.settings["key_file"])
+    credstore = root / "etc" / "credstore"
+    credstore.mkdir(parents=True, mode=0o700)
+    credential = credstore / "totpd.key"
+    credential.write_bytes(key.read_bytes())
+    credential.chmod(0o600)
+    key.rename(tmp_path / "moved.key")  # as an admin does after moving it to the credstore
+    try:
+        report = _result(run_cli("--json", "--config", daemon.config_path, "--root", str(root), "--service", "sudo"))
+        assert "files.key_credential" in _by_severity(report, "ok")
+        assert not {f["id"] for f in report["findings"]} & {"files.key_missing", "files.credential_mode"}
+        credential.chmod(0o644)
+        report = _result(run_cli("--json", "--config", daemon.config_path, "--root", str(root), "--service", "sudo"))
+        assert "files.credential_mode" in _by_severity(report, "error")
+    finally:
+        (tmp_path / "moved.key").rename(key)

@@ -316,6 +316,9 @@ def check_files(ctx: Context) -> list[Finding]:
         totpd = _totpd_uid()
         owner_uid = next(iter(totpd)) if totpd else None
     files = [("key", ctx.config.key_file)]
+    credential = _key_credential(ctx.options.root)
+    if credential and not os.path.exists(ctx.config.key_file):
+        files = []  # the key comes from systemd instead of key_file: checked below
     if not _is_dsn(ctx.config.database):
         files = [("database", ctx.config.database)] + [
             ("database", ctx.config.database + suffix) for suffix in ("-wal", "-shm") if os.path.exists(ctx.config.database + suffix)
@@ -343,10 +346,37 @@ def check_files(ctx: Context) -> list[Finding]:
             findings.append(error(f"files.{kind}_owner", f"{path}: owned by uid {info.st_uid}, the daemon runs as uid {owner_uid}",
                                   f"chown {_name(owner_uid)} {path}"))
         findings += _directories(os.path.dirname(os.path.abspath(path)), f"files.{kind}_dir_writable", path)
+    if credential:
+        findings += _check_credential(credential)
     findings = _unique(findings)
     if not any(f.severity != "ok" for f in findings):
         findings.append(ok("files.ok", f"database and key: mode 0600, owned by {_name(owner_uid) if owner_uid is not None else 'the daemon'}, safe directories"))
     return findings
+
+
+CREDSTORES = ("etc/credstore", "run/credstore")
+
+
+def _key_credential(root: str) -> str | None:
+    """The master key as a systemd credential (LoadCredential=totpd.key), if there is one."""
+    for store in CREDSTORES:
+        path = os.path.join(root or "/", store, "totpd.key")
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def _check_credential(path: str) -> list[Finding]:
+    """totpd.service has LoadCredential=totpd.key: systemd, as root, reads the key there
+    and hands the daemon a private copy. It must be root's alone."""
+    info = os.lstat(path)
+    findings = [ok("files.key_credential", f"{path}: the master key, as a systemd credential (LoadCredential=totpd.key)")]
+    if not stat.S_ISREG(info.st_mode):
+        findings.append(error("files.credential_not_file", f"{path}: not a regular file (a symlink?)", "replace it with the real file"))
+    elif stat.S_IMODE(info.st_mode) & 0o077 or info.st_uid != 0:
+        findings.append(error("files.credential_mode", f"{path}: mode {stat.S_IMODE(info.st_mode):04o}, uid {info.st_uid}; only root may read it",
+                              f"chown root:root {path} && chmod 600 {path}"))
+    return findings + _directories(os.path.dirname(path), "files.credential_dir_writable", path)
 
 
 def _directories(directory: str, id: str, what: str) -> list[Finding]:
