@@ -1,0 +1,75 @@
+"""The benchmark's instruments count what they claim to count (bench/loadgen, bench/pamdrive).
+
+A benchmark whose load generator miscounted refusals, or whose PAM driver reported
+success for a refused code, would publish numbers that mean nothing. These run the
+real tools against a real daemon and real libpam, with codes that must be accepted
+and the same codes again, which must be refused.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "bench"))
+
+import bench  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tools() -> None:
+    subprocess.run(["make", "-s", "-C", str(REPO), "bench/loadgen", "bench/pamdrive", "pam"], check=True)
+
+
+def _enroll(daemon, tmp_path: Path, users: list[str]) -> None:
+    """All at once with `totpctl import tsv`, as the benchmark provisions its accounts."""
+    tsv = tmp_path / "accounts.tsv"
+    tsv.write_text("".join(f"{user}\t{bench.secret_b32(user)}\n" for user in users))
+    result = daemon.ctl("import", "tsv", str(tsv))
+    assert result.returncode == 0, result.stderr
+
+
+def test_codes_and_frames_match_pyotp_and_the_protocol() -> None:
+    bench.check_codes()
+    bench.check_frames()
+
+
+@pytest.mark.parametrize("mode", ["persistent", "new"])
+def test_loadgen_counts_accepted_then_replayed_codes(tools, make_daemon, tmp_path, mode) -> None:
+    daemon = make_daemon()
+    users = [f"lg{i}" for i in range(20)]
+    _enroll(daemon, tmp_path, users)
+    step = bench.current_step()
+    frames = tmp_path / "frames.bin"
+    frames.write_bytes(b"".join(bench.verify_frame(u, bench.code_at(u, s)) for s in (step, step + 1) for u in users))
+
+    first = bench.loadgen(daemon.socket_path, frames, 4, mode, 30)
+    assert (first["requests"], first["ok"], first["refused"]) == (40, 40, {})
+    assert 0 < first["p50_us"] <= first["p99_us"]
+
+    again = bench.loadgen(daemon.socket_path, frames, 4, mode, 30)
+    assert (again["requests"], again["ok"], again["refused"]) == (40, 0, {"REJECTED": 40})
+
+
+def test_pamdrive_reports_success_then_refusal_through_real_libpam(tools, make_daemon, tmp_path) -> None:
+    daemon = make_daemon()
+    users = [f"pd{i}" for i in range(6)]
+    _enroll(daemon, tmp_path, users)
+    confdir = tmp_path / "pam.d"
+    confdir.mkdir()
+    (confdir / "bench").write_text(f"auth required {bench.PAM_TOTPD} socket={daemon.socket_path}\n")
+    (confdir / "other").write_text("auth required pam_deny.so\n")
+    step = bench.current_step()
+    codes = tmp_path / "codes.txt"
+    codes.write_text("".join(f"{u} {bench.code_at(u, step)}\n" for u in users))
+
+    first = bench.drive("bench", confdir, codes, 2)  # two processes, three lines each
+    assert (first["transactions"], first["ok"], first["refused"]) == (6, 6, {})
+
+    again = bench.drive("bench", confdir, codes, 1)
+    assert (again["transactions"], again["ok"], again["refused"]) == (6, 0, {"PAM_AUTH_ERR": 6})
+    assert sorted(again["refused_users"]) == sorted(users)
