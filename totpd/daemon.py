@@ -16,6 +16,7 @@ import errno
 import grp
 import logging
 import os
+import resource
 import signal
 import socket
 import stat
@@ -39,7 +40,7 @@ from .protocol import (
 )
 from .sealing import Sealer, load_credential, load_key
 from .service import Caller, Service, Session, key_check
-from .store import StoreOptions, open_store
+from .store import StoreOptions, is_postgres, open_store
 
 log = logging.getLogger("totpd")
 
@@ -447,15 +448,38 @@ def master_key(config: Config) -> bytes:
     credential = config_module.environment_credential_path()
     if credential:
         return load_credential(credential)
-    return load_key(config.key_file, create=True)
+    # A new key only for a new SQLite database: one made for a database that already
+    # holds sealed secrets could never open them, and would hide the real fault.
+    existing = not is_postgres(config.database) and os.path.exists(config.database) and os.path.getsize(config.database) > 0
+    return load_key(config.key_file, create=not existing)
 
 
 def store_options(config: Config) -> StoreOptions:
     return StoreOptions(config.database_password_file, config.database_pool_size, config.database_timeout)
 
 
+def raise_descriptor_limit(config: Config) -> None:
+    """Lift the soft RLIMIT_NOFILE to the hard one: every connection is a descriptor.
+
+    systemd and most shells start services with a soft limit of 1024, the same as the
+    default max_connections: with the store's and the loop's own descriptors on top,
+    accept() would hit EMFILE (and pause for a second) before the cap ever applied.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard and (hard == resource.RLIM_INFINITY or soft < hard):
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    if soft != resource.RLIM_INFINITY and soft < config.max_connections + 64:
+        log.warning(
+            "the descriptor limit (%d) is below max_connections (%d) + 64: raise LimitNOFILE= or lower max_connections",
+            soft, config.max_connections,
+        )
+
+
 def run(config: Config) -> None:
     os.umask(0o077)
+    raise_descriptor_limit(config)
     sealer = Sealer(master_key(config))
     store = open_store(config.database, key_check(sealer), store_options(config))
     notifier = None

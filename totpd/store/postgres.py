@@ -141,7 +141,7 @@ class PostgresTransaction(Transaction):
     def activate_pending(self, user: str, now: float) -> bool:
         cursor = self._db.execute(
             "UPDATE accounts SET secret = pending_secret, algorithm = pending_algorithm,"
-            " digits = pending_digits, period = pending_period, last_step = -1, failures = 0,"
+            " digits = pending_digits, period = pending_period, failures = 0,"
             " locked_until = 0, locked = FALSE, confirmed = %s, pending_secret = NULL,"
             " pending_algorithm = NULL, pending_digits = NULL, pending_period = NULL"
             ' WHERE "user" = %s AND pending_secret IS NOT NULL',

@@ -87,7 +87,7 @@ class SQLiteTransaction(Transaction):
     def activate_pending(self, user: str, now: float) -> bool:
         cursor = self._db.execute(
             "UPDATE accounts SET secret = pending_secret, algorithm = pending_algorithm,"
-            " digits = pending_digits, period = pending_period, last_step = -1, failures = 0,"
+            " digits = pending_digits, period = pending_period, failures = 0,"
             " locked_until = 0, locked = 0, confirmed = ?, pending_secret = NULL,"
             " pending_algorithm = NULL, pending_digits = NULL, pending_period = NULL"
             " WHERE user = ? AND pending_secret IS NOT NULL",
