@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import grp
+import hmac
 import json
 import logging
 import os
@@ -338,6 +339,13 @@ class Service:
             self._emit("locked", user=user, service=service, rhost=rhost)
         return self._verdict_reply(request, caller, "verify", verdict, account, now)
 
+    def _same_secret(self, account: Account | None, secret: bytes, user: str) -> bool:
+        """Is `secret` the one the account already uses? Then enrolling it again must not
+        make its used codes work once more: the replay state is kept."""
+        if account is None or account.secret is None:
+            return False
+        return hmac.compare_digest(self.sealer.open(account.secret, secret_context(user)), secret)
+
     def _fail(self, tx: Transaction, account: Account, now: float) -> str:
         """Count one failure inside the judging transaction; 'rejected' or 'now_locked'."""
         failures = account.failures + 1
@@ -432,9 +440,10 @@ class Service:
             codes, hashes = await asyncio.to_thread(recovery.generate, self.config.recovery_codes)
 
         def write(tx: Transaction) -> None:
+            same = self._same_secret(tx.get(user), secret, user)
             tx.put_pending(user, sealed, params.algorithm, params.digits, params.period, now)
             if activate:
-                tx.activate_pending(user, now)
+                tx.activate_pending(user, now, keep_replay_state=same)
                 tx.replace_recovery_codes(user, hashes)
 
         await self._transact(write)
@@ -476,7 +485,7 @@ class Service:
             step = otp.match_step(secret, params, code, now, self.config.window)
             if step is None:
                 return self._fail(tx, account, now)
-            tx.activate_pending(user, now)
+            tx.activate_pending(user, now, keep_replay_state=self._same_secret(account, secret, user))
             tx.advance_step(user, step)
             tx.replace_recovery_codes(user, hashes)
             return "confirmed"
@@ -637,8 +646,9 @@ class Service:
                 (replaced if existing is not None else created).append(item.user)
                 if dry_run:
                     continue
+                same = self._same_secret(existing, self.sealer.open(item.sealed, secret_context(item.user)), item.user)
                 tx.put_pending(item.user, item.sealed, item.params.algorithm, item.params.digits, item.params.period, now)
-                tx.activate_pending(item.user, now)
+                tx.activate_pending(item.user, now, keep_replay_state=same)
                 if item.last_step >= 0:
                     tx.advance_step(item.user, item.last_step)
                 tx.replace_recovery_codes(item.user, item.recovery_hashes or [])

@@ -64,8 +64,9 @@ class Transaction(abc.ABC):
         """Create the account if needed and set (or replace) its pending enrollment."""
 
     @abc.abstractmethod
-    def activate_pending(self, user: str, now: float) -> bool:
-        """Make the pending enrollment the active one; replay and failure state start afresh."""
+    def activate_pending(self, user: str, now: float, keep_replay_state: bool = False) -> bool:
+        """Make the pending enrollment the active one; failure state starts afresh, and so
+        does replay state unless `keep_replay_state` (the same secret enrolled again)."""
 
     @abc.abstractmethod
     def advance_step(self, user: str, step: int) -> bool:

@@ -138,14 +138,14 @@ class PostgresTransaction(Transaction):
             (user, now, sealed, algorithm, digits, period),
         )
 
-    def activate_pending(self, user: str, now: float) -> bool:
+    def activate_pending(self, user: str, now: float, keep_replay_state: bool = False) -> bool:
         cursor = self._db.execute(
             "UPDATE accounts SET secret = pending_secret, algorithm = pending_algorithm,"
-            " digits = pending_digits, period = pending_period, failures = 0,"
+            " digits = pending_digits, period = pending_period, last_step = CASE WHEN %s THEN last_step ELSE -1 END, failures = 0,"
             " locked_until = 0, locked = FALSE, confirmed = %s, pending_secret = NULL,"
             " pending_algorithm = NULL, pending_digits = NULL, pending_period = NULL"
             ' WHERE "user" = %s AND pending_secret IS NOT NULL',
-            (now, user),
+            (keep_replay_state, now, user),
         )
         return cursor.rowcount == 1
 

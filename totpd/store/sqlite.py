@@ -84,14 +84,14 @@ class SQLiteTransaction(Transaction):
             (user, now, sealed, algorithm, digits, period),
         )
 
-    def activate_pending(self, user: str, now: float) -> bool:
+    def activate_pending(self, user: str, now: float, keep_replay_state: bool = False) -> bool:
         cursor = self._db.execute(
             "UPDATE accounts SET secret = pending_secret, algorithm = pending_algorithm,"
-            " digits = pending_digits, period = pending_period, failures = 0,"
+            " digits = pending_digits, period = pending_period, last_step = CASE WHEN ? THEN last_step ELSE -1 END, failures = 0,"
             " locked_until = 0, locked = 0, confirmed = ?, pending_secret = NULL,"
             " pending_algorithm = NULL, pending_digits = NULL, pending_period = NULL"
             " WHERE user = ? AND pending_secret IS NOT NULL",
-            (now, user),
+            (int(keep_replay_state), now, user),
         )
         return cursor.rowcount == 1
 
