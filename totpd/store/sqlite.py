@@ -396,7 +396,16 @@ class SQLiteStore(Store):
         if not self._begin(conn, [(units, done)]):
             self._conn_lock.release()
             return True
+        changes = conn.total_changes
         outcomes = self._run_units(conn, units)
+        if conn.total_changes == changes:
+            # Nothing written (a `check`, a `status`, a refused request): the COMMIT
+            # writes no WAL frame and syncs nothing, so the thread hop would cost more.
+            try:
+                self._commit(conn, [(units, done)], [outcomes])
+            finally:
+                self._conn_lock.release()
+            return True
         self._queue.put(_Commit(units, done, outcomes))  # the store thread commits and releases the lock
         return True
 
