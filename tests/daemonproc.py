@@ -40,6 +40,15 @@ def _toml_table(table: dict, name: str) -> list[str]:
     return lines
 
 
+def wrong_code(secret: str) -> str:
+    """A well-formed 6-digit code that no step within 12 of now accepts: wrong for any
+    window, and outside the daemon's drift search too."""
+    totp = pyotp.TOTP(secret)
+    now = time.time()
+    near = {totp.at(now + steps * totp.interval) for steps in range(-12, 13)}
+    return next(f"{n:06d}" for n in range(1_000_000) if f"{n:06d}" not in near)
+
+
 class DaemonProcess:
     """A totpd process with its own socket, database and key under `workdir`."""
 

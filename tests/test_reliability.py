@@ -27,6 +27,7 @@ import pyotp
 import pytest
 
 import wire
+from daemonproc import wrong_code
 from totpd.protocol import encode_request
 from totpd.sealing import Sealer, load_key
 from totpd.service import secret_context
@@ -44,11 +45,6 @@ def step_now() -> int:
 
 def code_at(secret: str, step: int) -> str:
     return pyotp.TOTP(secret).at(step * PERIOD)
-
-
-def wrong_code(secret: str) -> str:
-    near = {code_at(secret, step_now() + k) for k in range(-12, 13)}
-    return next(f"{n:06d}" for n in range(1_000_000) if f"{n:06d}" not in near)
 
 
 def verify(path: str, user: str, code: str, service: str = "sshd"):

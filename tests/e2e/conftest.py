@@ -29,6 +29,8 @@ import paramiko
 import pyotp
 import pytest
 
+import daemonproc
+
 REPO = Path(__file__).resolve().parents[2]
 NSRUN = Path(__file__).resolve().with_name("nsrun.py")
 PAM_MODULE = REPO / "pam" / "pam_totpd.so"
@@ -368,13 +370,7 @@ class TotpSetup:
 
     def wrong_code(self) -> str:
         """A well-formed code that no step inside any plausible window accepts."""
-        totp = pyotp.TOTP(self.secret)
-        now = time.time()
-        near = {totp.at(now + steps * totp.interval) for steps in range(-10, 11)}
-        candidate = int(totp.now())
-        while f"{candidate:06d}" in near:
-            candidate = (candidate + 1) % 1_000_000
-        return f"{candidate:06d}"
+        return daemonproc.wrong_code(self.secret)
 
     def start_daemon(self) -> None:
         self.host.spawn("totpd", entry_point_argv("totpd.daemon:main", "--config", str(self.config)),

@@ -8,6 +8,7 @@ import time
 import pyotp
 import pytest
 
+from daemonproc import wrong_code
 from pamstack import Stack
 from pamdriver import (
     PAM_AUTH_ERR, PAM_AUTHINFO_UNAVAIL, PAM_MAXTRIES, PAM_PROMPT_ECHO_OFF, PAM_SUCCESS,
@@ -18,17 +19,6 @@ from pamdriver import (
 @pytest.fixture
 def totp_stack(workdir, pam_module, daemon) -> Stack:
     return Stack(workdir / "pam.d", pam_module, daemon.socket_path).write("timeout=5")
-
-
-def wrong_code(secret: str) -> str:
-    """A well-formed code no step in any plausible window accepts."""
-    totp = pyotp.TOTP(secret)
-    now = time.time()
-    near = {totp.at(now + steps * totp.interval) for steps in range(-10, 11)}
-    candidate = int(totp.now())
-    while f"{candidate:06d}" in near:
-        candidate = (candidate + 1) % 1_000_000
-    return f"{candidate:06d}"
 
 
 def test_right_code_is_accepted(daemon, totp_stack):
