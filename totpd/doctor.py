@@ -31,6 +31,7 @@ from .client import Client
 from .errors import ClientError, ConfigError
 from .policy import Policy, groups_of, local_today
 from .protocol import MAX_LIST_LIMIT
+from .store import is_postgres
 
 EXIT_CLEAN, EXIT_ERRORS, EXIT_CANNOT_RUN = 0, 1, 2
 SERVICES = ("sshd", "sudo")
@@ -304,10 +305,6 @@ def _totpd_uid() -> set[int]:
 # -- files -----------------------------------------------------------------------------
 
 
-def _is_dsn(database: str) -> bool:
-    return database.startswith(("postgres://", "postgresql://")) or "=" in database
-
-
 def check_files(ctx: Context) -> list[Finding]:
     if ctx.config is None:
         return []
@@ -319,7 +316,7 @@ def check_files(ctx: Context) -> list[Finding]:
     credential = _key_credential(ctx.options.root)
     if credential and not os.path.exists(ctx.config.key_file):
         files = []  # the key comes from systemd instead of key_file: checked below
-    if not _is_dsn(ctx.config.database):
+    if not is_postgres(ctx.config.database):
         files = [("database", ctx.config.database)] + [
             ("database", ctx.config.database + suffix) for suffix in ("-wal", "-shm") if os.path.exists(ctx.config.database + suffix)
         ] + files

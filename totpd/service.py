@@ -646,7 +646,9 @@ class Service:
                 (replaced if existing is not None else created).append(item.user)
                 if dry_run:
                     continue
-                same = self._same_secret(existing, self.sealer.open(item.sealed, secret_context(item.user)), item.user)
+                same = existing is not None and existing.active and self._same_secret(
+                    existing, self.sealer.open(item.sealed, secret_context(item.user)), item.user
+                )
                 tx.put_pending(item.user, item.sealed, item.params.algorithm, item.params.digits, item.params.period, now)
                 tx.activate_pending(item.user, now, keep_replay_state=same)
                 if item.last_step >= 0:
