@@ -3,8 +3,8 @@
  *
  * The module never sees a secret. It asks the totpd daemon whether the account
  * needs a code (`check`), prompts through the PAM conversation, sends the answer
- * on a new connection (`verify`) and maps the daemon's status to a PAM return
- * code. The wire format is docs/protocol.md, version 1. Any doubt - daemon
+ * (`verify`: on the same connection if it came within a second, else on a new
+ * one) and maps the daemon's status to a PAM return code. The wire format is docs/protocol.md, version 1. Any doubt - daemon
  * missing, socket or peer not trusted, timeout, malformed reply - fails closed
  * with PAM_AUTHINFO_UNAVAIL; nothing here ever turns "no answer" into success.
  *
@@ -61,6 +61,7 @@
 #define DEFAULT_FORWARD_PROMPT "Password & verification code: "
 #define DEFAULT_DIGITS 6
 #define CONNECT_RETRY_MS 10 /* pause before retrying a connect to a full backlog */
+#define KEEP_MS 1000 /* the check's connection carries the verify if the answer came this soon */
 #define PWBUF_INITIAL 4096
 #define PWBUF_MAX (1024 * 1024)
 
@@ -236,7 +237,10 @@ struct context {
     pam_handle_t *pamh;
     struct options opts;
     uid_t daemon_uid;
-    bool daemon_uid_known; /* false: daemon_user does not exist, only root is trusted */
+    bool daemon_uid_looked_up; /* daemon_user is resolved only when a uid other than 0 needs judging */
+    bool daemon_uid_known;     /* false: daemon_user does not exist, only root is trusted */
+    int fd;                    /* the connection of the check, kept for the verify; -1: none */
+    int64_t fd_used_ms;        /* when that connection last carried a reply (CLOCK_MONOTONIC) */
 };
 
 static void lookup_daemon_user(struct context *ctx)
@@ -247,6 +251,7 @@ static void lookup_daemon_user(struct context *ctx)
     char *buf = NULL;
     int err;
 
+    ctx->daemon_uid_looked_up = true;
     ctx->daemon_uid_known = false;
     for (;;) {
         char *bigger = realloc(buf, size);
@@ -271,9 +276,19 @@ static void lookup_daemon_user(struct context *ctx)
                    ctx->opts.daemon_user);
 }
 
-static bool trusted_uid(const struct context *ctx, uid_t uid)
+/*
+ * Root, or the daemon's own user. daemon_user is looked up (NSS, which can mean
+ * files, systemd-userdb or a directory service) only when a uid other than root
+ * must be judged: under systemd the socket and its listener are root's, and the
+ * lookup would cost more than the rest of the exchange.
+ */
+static bool trusted_uid(struct context *ctx, uid_t uid)
 {
-    return uid == 0 || (ctx->daemon_uid_known && uid == ctx->daemon_uid);
+    if (uid == 0)
+        return true;
+    if (!ctx->daemon_uid_looked_up)
+        lookup_daemon_user(ctx);
+    return ctx->daemon_uid_known && uid == ctx->daemon_uid;
 }
 
 static int64_t now_ms(void)
@@ -350,7 +365,7 @@ static int connect_with_deadline(int fd, const struct sockaddr_un *addr, int64_t
 }
 
 /* Open a connection to the daemon, refusing a socket or peer we do not trust. */
-static int connect_daemon(const struct context *ctx, int64_t deadline, int *fd_out)
+static int connect_daemon(struct context *ctx, int64_t deadline, int *fd_out)
 {
     pam_handle_t *pamh = ctx->pamh;
     const char *path = ctx->opts.socket_path;
@@ -487,15 +502,18 @@ static int send_all(int fd, const unsigned char *buf, size_t len, int64_t deadli
     return 0;
 }
 
-static int recv_exact(int fd, unsigned char *buf, size_t len, int64_t deadline)
+/* Read exactly len bytes by the deadline; *done says how many arrived. */
+static int recv_exact(int fd, unsigned char *buf, size_t len, int64_t deadline, size_t *done_out)
 {
     size_t done = 0;
 
+    *done_out = 0;
     while (done < len) {
         ssize_t n = recv(fd, buf + done, len - done, 0);
 
         if (n > 0) {
             done += (size_t)n;
+            *done_out = done;
         } else if (n == 0) {
             errno = ECONNRESET; /* closed before a whole frame arrived */
             return -1;
@@ -606,31 +624,34 @@ static bool parse_reply(const unsigned char *payload, size_t len, struct reply *
 }
 
 /*
- * One exchange on a new connection: connect & check peer, send the request,
- * read and parse one reply frame, all within opts.timeout_ms.
+ * One request and its reply on ctx->fd, all by `deadline`. *retry is set when the
+ * daemon had hung up before taking the request (the send failed, or the connection
+ * closed before a byte of reply): only then may the request go again, on a new
+ * connection, without having been seen twice.
  */
-static int exchange(const struct context *ctx, const struct request *req, struct reply *reply)
+static int exchange_on(struct context *ctx, const struct request *req, struct reply *reply,
+                       int64_t deadline, bool *retry)
 {
     pam_handle_t *pamh = ctx->pamh;
-    int64_t deadline = now_ms() + ctx->opts.timeout_ms;
     unsigned char header[FRAME_HEADER_SIZE];
     unsigned char payload[MAX_AUTH_REPLY_PAYLOAD];
-    uint32_t length = 0;
-    int fd = -1;
-    int ret;
+    uint32_t length;
+    size_t got = 0;
 
-    ret = connect_daemon(ctx, deadline, &fd);
-    if (ret != PAM_SUCCESS)
-        goto cleanup;
-    ret = PAM_AUTHINFO_UNAVAIL;
-
-    if (send_all(fd, req->frame, req->len, deadline) != 0) {
-        pam_syslog(pamh, LOG_ERR, "cannot send to totpd at %s: %m", ctx->opts.socket_path);
-        goto cleanup;
+    *retry = false;
+    if (send_all(ctx->fd, req->frame, req->len, deadline) != 0) {
+        *retry = errno == EPIPE || errno == ECONNRESET;
+        if (!*retry || ctx->opts.debug)
+            pam_syslog(pamh, *retry ? LOG_DEBUG : LOG_ERR, "cannot send to totpd at %s: %m",
+                       ctx->opts.socket_path);
+        return PAM_AUTHINFO_UNAVAIL;
     }
-    if (recv_exact(fd, header, sizeof header, deadline) != 0) {
-        pam_syslog(pamh, LOG_ERR, "no reply from totpd at %s: %m", ctx->opts.socket_path);
-        goto cleanup;
+    if (recv_exact(ctx->fd, header, sizeof header, deadline, &got) != 0) {
+        *retry = got == 0 && errno == ECONNRESET;
+        if (!*retry || ctx->opts.debug)
+            pam_syslog(pamh, *retry ? LOG_DEBUG : LOG_ERR, "no reply from totpd at %s: %m",
+                       ctx->opts.socket_path);
+        return PAM_AUTHINFO_UNAVAIL;
     }
     length = (uint32_t)header[4] << 24 | (uint32_t)header[5] << 16 |
              (uint32_t)header[6] << 8 | (uint32_t)header[7];
@@ -639,24 +660,74 @@ static int exchange(const struct context *ctx, const struct request *req, struct
         length > MAX_AUTH_REPLY_PAYLOAD) {
         pam_syslog(pamh, LOG_ERR, "malformed reply header from totpd at %s",
                    ctx->opts.socket_path);
-        goto cleanup;
+        return PAM_AUTHINFO_UNAVAIL;
     }
-    if (recv_exact(fd, payload, length, deadline) != 0) {
+    if (recv_exact(ctx->fd, payload, length, deadline, &got) != 0) {
         pam_syslog(pamh, LOG_ERR, "incomplete reply from totpd at %s: %m",
                    ctx->opts.socket_path);
-        goto cleanup;
+        return PAM_AUTHINFO_UNAVAIL;
     }
     if (!parse_reply(payload, length, reply)) {
         pam_syslog(pamh, LOG_ERR, "malformed reply payload from totpd at %s",
                    ctx->opts.socket_path);
-        goto cleanup;
+        return PAM_AUTHINFO_UNAVAIL;
     }
-    ret = PAM_SUCCESS;
+    return PAM_SUCCESS;
+}
 
-cleanup:
-    if (fd >= 0)
-        close(fd);
-    return ret;
+static void drop_connection(struct context *ctx)
+{
+    if (ctx->fd >= 0)
+        close(ctx->fd);
+    ctx->fd = -1;
+}
+
+/*
+ * Is the connection kept from the check still worth using? Only if its last reply
+ * came within KEEP_MS (the daemon closes idle connections after its read_timeout,
+ * seconds) and the daemon has not hung up or sent anything since.
+ */
+static bool connection_fresh(const struct context *ctx)
+{
+    struct pollfd pfd = {.fd = ctx->fd, .events = POLLIN | POLLRDHUP};
+
+    if (ctx->fd < 0 || now_ms() - ctx->fd_used_ms > KEEP_MS)
+        return false;
+    return poll(&pfd, 1, 0) == 0;
+}
+
+/*
+ * One exchange, all within opts.timeout_ms: on the connection kept from the check
+ * if it is fresh, else on a new one (connect & check peer). A kept connection the
+ * daemon closed before taking the request is replaced by a new one, once. With
+ * `keep`, the connection stays open for the next exchange; otherwise it is closed.
+ */
+static int exchange(struct context *ctx, const struct request *req, struct reply *reply,
+                    bool keep)
+{
+    int64_t deadline = now_ms() + ctx->opts.timeout_ms;
+    bool reused = connection_fresh(ctx);
+    bool retry = false;
+    int ret;
+
+    if (!reused)
+        drop_connection(ctx);
+    for (;;) {
+        if (ctx->fd < 0) {
+            ret = connect_daemon(ctx, deadline, &ctx->fd);
+            if (ret != PAM_SUCCESS)
+                return ret;
+        }
+        ret = exchange_on(ctx, req, reply, deadline, &retry);
+        if (ret == PAM_SUCCESS && keep) {
+            ctx->fd_used_ms = now_ms();
+            return ret;
+        }
+        drop_connection(ctx);
+        if (ret == PAM_SUCCESS || !reused || !retry)
+            return ret;
+        reused = false; /* the kept connection was gone: once more, on a new one */
+    }
 }
 
 /* ------------------------------------------------------ map & messages */
@@ -821,7 +892,7 @@ static int take_code(const struct context *ctx, char *answer, char *code)
 
 PAM_EXTERN int pam_sm_authenticate(pam_handle_t *pamh, int flags, int argc, const char **argv)
 {
-    struct context ctx = {.pamh = pamh};
+    struct context ctx = {.pamh = pamh, .fd = -1};
     struct request req;
     struct reply reply;
     char code[MAX_CODE + 1];
@@ -837,7 +908,6 @@ PAM_EXTERN int pam_sm_authenticate(pam_handle_t *pamh, int flags, int argc, cons
 
     /* options */
     parse_options(pamh, argc, argv, &ctx.opts);
-    lookup_daemon_user(&ctx);
 
     ret = pam_get_user(pamh, &user, NULL);
     if (ret != PAM_SUCCESS) {
@@ -874,7 +944,7 @@ PAM_EXTERN int pam_sm_authenticate(pam_handle_t *pamh, int flags, int argc, cons
         ret = PAM_AUTHINFO_UNAVAIL;
         goto cleanup;
     }
-    ret = exchange(&ctx, &req, &reply);
+    ret = exchange(&ctx, &req, &reply, true);
     if (ret != PAM_SUCCESS) {
         pam_error(pamh, "%s", UNAVAILABLE_TEXT);
         goto cleanup;
@@ -896,7 +966,8 @@ PAM_EXTERN int pam_sm_authenticate(pam_handle_t *pamh, int flags, int argc, cons
     if (ret != PAM_SUCCESS)
         goto cleanup;
 
-    /* answer, on a new connection: the person may have taken minutes to type */
+    /* answer: on the check's connection if the answer came within KEEP_MS, else on a
+     * new one (a person typing takes longer than the daemon keeps an idle connection) */
     request_start(&req, "verify");
     request_add(&req, "user", user);
     request_add(&req, "service", service);
@@ -909,7 +980,7 @@ PAM_EXTERN int pam_sm_authenticate(pam_handle_t *pamh, int flags, int argc, cons
         goto cleanup;
     }
     memset(&reply, 0, sizeof reply);
-    ret = exchange(&ctx, &req, &reply);
+    ret = exchange(&ctx, &req, &reply, false);
     if (ret != PAM_SUCCESS) {
         pam_error(pamh, "%s", UNAVAILABLE_TEXT);
         goto cleanup;
@@ -919,6 +990,7 @@ PAM_EXTERN int pam_sm_authenticate(pam_handle_t *pamh, int flags, int argc, cons
     ret = finish_reply(&ctx, flags, "verify", &reply);
 
 cleanup:
+    drop_connection(&ctx);
     explicit_bzero(code, sizeof code);
     explicit_bzero(&req, sizeof req);
     if (answer != NULL) {

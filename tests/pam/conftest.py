@@ -71,8 +71,8 @@ def fake_daemon(socket_path):
     """start(handler) -> a FakeDaemon on the stack's socket, stopped afterwards."""
     started: list[fakedaemon.FakeDaemon] = []
 
-    def start(handler=None) -> fakedaemon.FakeDaemon:
-        server = fakedaemon.FakeDaemon(socket_path, handler or fakedaemon.standard_handler())
+    def start(handler=None, persistent: bool = False) -> fakedaemon.FakeDaemon:
+        server = fakedaemon.FakeDaemon(socket_path, handler or fakedaemon.standard_handler(), persistent)
         started.append(server)
         return server
 

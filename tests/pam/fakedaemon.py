@@ -88,8 +88,13 @@ class Received:
     peer_uid: int
 
 
+class Final(bytes):
+    """Bytes after which the connection closes, even on a persistent fake daemon."""
+
+
 # A handler gets the request and returns the bytes to send (then the connection
-# closes), or None to never answer (the connection stays open until stop()).
+# closes, unless the daemon is persistent), or None to never answer (the connection
+# stays open until stop()). b"" closes the connection without a reply.
 Handler = Callable[[Received], Union[bytes, None]]
 
 
@@ -104,9 +109,13 @@ def _recv_exact(conn: socket.socket, n: int) -> bytes:
 
 
 class FakeDaemon:
-    def __init__(self, path: str, handler: Handler):
+    def __init__(self, path: str, handler: Handler, persistent: bool = False):
+        """`persistent`: after a reply, read the next request on the same connection
+        (as totpd does) instead of closing it."""
         self.path = path
         self.handler = handler
+        self.persistent = persistent
+        self.per_connection: list[list[str]] = []  # the verbs each connection carried
         self.received: list[Received] = []
         self.connections = 0
         self._stopping = threading.Event()
@@ -135,31 +144,43 @@ class FakeDaemon:
             threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
 
     def _handle(self, conn: socket.socket) -> None:
+        verbs: list[str] = []
+        with self._lock:
+            self.per_connection.append(verbs)
         try:
             conn.settimeout(10)
             creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
             _pid, uid, _gid = struct.unpack("3i", creds)
-            header = _recv_exact(conn, HEADER.size)
-            _magic, _version, _flags, length = HEADER.unpack(header)
-            payload = _recv_exact(conn, min(length, MAX_REQUEST_PAYLOAD))
-            lines = payload.decode("utf-8", "surrogateescape").split("\n")
-            keys, fields = [], {}
-            for line in lines[1:-1]:
-                key, _, value = line.partition("=")
-                keys.append(key)
-                fields[key] = value
-            received = Received(header + payload, lines[0], fields, keys, uid)
-            with self._lock:
-                self.received.append(received)
-            answer = self.handler(received)
-            if answer is None:
-                self._stopping.wait()
-                return
-            conn.sendall(answer)
+            while self._exchange(conn, uid, verbs) and self.persistent:
+                pass
         except (EOFError, OSError):
             pass
         finally:
             conn.close()
+
+    def _exchange(self, conn: socket.socket, uid: int, verbs: list[str]) -> bool:
+        """Read one request and answer it; False when the connection is done."""
+        header = _recv_exact(conn, HEADER.size)
+        _magic, _version, _flags, length = HEADER.unpack(header)
+        payload = _recv_exact(conn, min(length, MAX_REQUEST_PAYLOAD))
+        lines = payload.decode("utf-8", "surrogateescape").split("\n")
+        keys, fields = [], {}
+        for line in lines[1:-1]:
+            key, _, value = line.partition("=")
+            keys.append(key)
+            fields[key] = value
+        received = Received(header + payload, lines[0], fields, keys, uid)
+        with self._lock:
+            self.received.append(received)
+            verbs.append(received.verb)
+        answer = self.handler(received)
+        if answer is None:
+            self._stopping.wait()
+            return False
+        if not answer:
+            return False
+        conn.sendall(answer)
+        return not isinstance(answer, Final)
 
     def stop(self) -> None:
         self._stopping.set()
