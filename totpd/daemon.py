@@ -127,6 +127,33 @@ def bind_socket(config: Config) -> socket.socket:
     return sock
 
 
+def start_eagerly(coroutine: Coroutine[object, object, None], loop: asyncio.AbstractEventLoop) -> None:
+    """Run `coroutine` now, in this call, up to its first real wait, and resume it from
+    the done-callback of each future it awaits: a task without the Task.
+
+    A Task per request (its creation, a loop turn before it starts, its own wake-ups)
+    cost more than a `check` does (docs/performance.md); Python 3.12's
+    eager_task_factory is the same idea. The coroutine must catch its own exceptions
+    (Connection._answer does) and must not need asyncio.current_task().
+    """
+
+    def step(_awaited: object = None) -> None:
+        try:
+            awaited = coroutine.send(None)
+        except StopIteration:
+            return
+        except Exception:  # the coroutine's own guard failed: a bug, never a decision
+            log.exception("internal error in a connection's request")
+            return
+        if awaited is None:  # a bare yield, as in asyncio.sleep(0)
+            loop.call_soon(step)
+        else:
+            awaited._asyncio_future_blocking = False  # type: ignore[attr-defined]
+            awaited.add_done_callback(step)  # type: ignore[attr-defined]
+
+    step()
+
+
 class Connection:
     """One client: frames in, one request answered at a time, replies out in order.
 
@@ -159,7 +186,9 @@ class Connection:
         self.closed = False
         self.reading = True
         self.deadline = daemon.loop.time() + daemon.config.read_timeout
+        daemon._live.add(self)  # before the first read, which may already end it
         daemon.loop.add_reader(self.fd, self._readable)
+        self._readable()  # a client writes as soon as it connects: often it already has
 
     # -- socket events --------------------------------------------------------------------
 
@@ -239,7 +268,7 @@ class Connection:
             self.reading = True
             self.daemon.loop.add_reader(self.fd, self._readable)
         self.busy = True
-        self.daemon._spawn(self._answer(payload))
+        start_eagerly(self._answer(payload), self.daemon.loop)
 
     async def _answer(self, payload: bytes) -> None:
         try:
@@ -252,6 +281,14 @@ class Connection:
         self.deadline = self.daemon.loop.time() + self.daemon.config.read_timeout
         if self.daemon._stopping.is_set():
             self.close(linger=True)
+            return
+        if self.buffer or self.eof:
+            # The next pipelined frame (or the hang-up) on the next loop turn: answered
+            # here, a run of frames that finish at once would recurse frame by frame.
+            self.daemon.loop.call_soon(self._resume)
+
+    def _resume(self) -> None:
+        if self.closed:
             return
         self._next()
         if self.eof and not self.busy:
@@ -302,7 +339,6 @@ class Daemon:
         self._live: set[Connection] = set()
         self._listener: socket.socket = None  # type: ignore[assignment]  # set by serve()
         self._accepting = True
-        self._tasks: set[asyncio.Task] = set()
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -363,11 +399,6 @@ class Daemon:
             for connection in list(self._live):
                 connection.expire(now)
 
-    def _spawn(self, coroutine: Coroutine[object, object, None]) -> None:
-        task = self.loop.create_task(coroutine)
-        self._tasks.add(task)  # the loop keeps only weak references to tasks
-        task.add_done_callback(self._tasks.discard)
-
     def _accept(self) -> None:
         for _ in range(ACCEPT_BATCH):
             try:
@@ -396,7 +427,7 @@ class Daemon:
                     sock.send(_BUSY)
                 sock.close()
                 continue
-            self._live.add(Connection(self, sock, caller))
+            Connection(self, sock, caller)
 
     def _stop_accepting(self) -> None:
         if self._accepting:
@@ -455,7 +486,9 @@ def master_key(config: Config) -> bytes:
 
 
 def store_options(config: Config) -> StoreOptions:
-    return StoreOptions(config.database_password_file, config.database_pool_size, config.database_timeout)
+    return StoreOptions(
+        config.database_password_file, config.database_pool_size, config.database_timeout, prefill_wal=True
+    )
 
 
 def raise_descriptor_limit(config: Config) -> None:

@@ -17,6 +17,7 @@ import logging
 import os
 import pwd
 import re
+import threading
 import time
 from typing import Callable
 
@@ -109,8 +110,9 @@ class Batcher:
     Every unit submitted during one turn of the event loop goes to the store as one
     batch, and the answers come back with one wake-up of the loop: a thread hop per
     batch rather than per request. A store that can run a batch in the caller's
-    thread (SQLite's run_here) does so, and only its commit leaves the loop's thread;
-    units that arrive meanwhile form the next batch, started when that commit is done.
+    thread (SQLite's run_here) does so, and only its commit leaves the loop's thread
+    (not even that for a batch that wrote nothing or a lone unit); units that arrive
+    meanwhile form the next batch, started when that commit is done.
     """
 
     def __init__(self, store: Store) -> None:
@@ -145,7 +147,15 @@ class Batcher:
             self.store.submit_batch(units, lambda outcomes: loop.call_soon_threadsafe(self._settle, batch, outcomes))
             return
         self._committing = True
-        if not self._run_here(units, lambda outcomes: loop.call_soon_threadsafe(self._committed, loop, batch, outcomes)):
+        here = threading.get_ident()
+
+        def done(outcomes: list[Outcome]) -> None:
+            if threading.get_ident() == here:  # committed in this thread (run_here): no wake-up
+                self._committed(loop, batch, outcomes)
+            else:
+                loop.call_soon_threadsafe(self._committed, loop, batch, outcomes)
+
+        if not self._run_here(units, done):
             # The connection is busy with work that did not come from this loop: retry shortly.
             self._committing = False
             self._pending[:0] = batch
