@@ -302,6 +302,71 @@ def test_a_full_disk_fails_verifications_closed_with_a_clear_line_and_service_re
         db.close()
 
 
+def test_the_daemon_preallocates_its_write_ahead_log_and_commits_into_it_on_a_full_disk(make_daemon, tmp_path):
+    """A new WAL is zero-filled (commits then sync blocks that exist: docs/performance.md);
+    with it in place, a disk that fills up afterwards still takes acknowledged codes."""
+    from totpd.store.sqlite import WAL_PREFILL_BYTES
+
+    mount = tmp_path / "state"
+    mount.mkdir(mode=0o700)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "totpd-test", str(mount)], check=True)
+    try:
+        daemon = make_daemon(database=str(mount / "totpd.db"))
+        wal = mount / "totpd.db-wal"
+        info = wal.stat()
+        assert info.st_size == WAL_PREFILL_BYTES and info.st_mode & 0o777 == 0o600
+        accounts = {f"user{i:02d}": pyotp.random_base32(32) for i in range(20)}
+        import_accounts(daemon.socket_path, accounts)
+        filler = fill(mount)
+        for user, secret in accounts.items():
+            assert verify(daemon.socket_path, user, code_at(secret, step_now())).status == "ACCEPTED", user
+        daemon.stop(9)  # no checkpoint: the acknowledged steps live in the WAL alone
+        filler.unlink()
+        daemon.start()
+        for user, secret in accounts.items():
+            assert verify(daemon.socket_path, user, code_at(secret, step_now() - 1)).status == "REJECTED", user
+        daemon.stop()
+        db = sqlite3.connect(daemon.settings["database"])
+        try:
+            assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        finally:
+            db.close()
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_write_ahead_log_left_by_a_crash_is_never_overwritten(tmp_path):
+    from totpd.store.sqlite import _prefill_wal
+
+    live = tmp_path / "live.db"
+    db = sqlite3.connect(live, isolation_level=None)
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA wal_autocheckpoint = 0")
+    db.execute("CREATE TABLE t (n INTEGER)")
+    db.execute("INSERT INTO t VALUES (42)")
+    crashed = tmp_path / "crashed.db"  # the files as a SIGKILL leaves them: frames in the WAL
+    shutil.copy(live, crashed)
+    shutil.copy(str(live) + "-wal", str(crashed) + "-wal")
+    db.close()
+    before = Path(str(crashed) + "-wal").read_bytes()
+    assert len(before) > 0
+    _prefill_wal(str(crashed))
+    assert Path(str(crashed) + "-wal").read_bytes() == before
+    db = sqlite3.connect(crashed)
+    try:
+        assert db.execute("SELECT n FROM t").fetchall() == [(42,)]
+    finally:
+        db.close()
+
+
+def test_a_disk_too_full_to_preallocate_the_log_is_said_once_and_served_anyway(make_daemon, tiny_filesystem):
+    daemon = make_daemon(database=str(tiny_filesystem / "totpd.db"))
+    assert daemon.log().count("cannot preallocate the write-ahead log") == 1, daemon.log()[-2000:]
+    accounts = {"alice": pyotp.random_base32(32)}
+    import_accounts(daemon.socket_path, accounts)
+    assert verify(daemon.socket_path, "alice", code_at(accounts["alice"], step_now())).status == "ACCEPTED"
+
+
 # -- invariant 2: a bad database or key stops start-up with one clear line ---------------
 
 

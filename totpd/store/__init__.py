@@ -141,11 +141,14 @@ def _outcome(index: int, future: concurrent.futures.Future) -> Outcome:
 
 @dataclasses.dataclass(frozen=True)
 class StoreOptions:
-    """Settings only the PostgreSQL backend uses (the config keys `database_*`)."""
+    """The config keys `database_*` (PostgreSQL only), and how long-lived the store is."""
 
     password_file: str = ""
     pool_size: int = 4
     timeout: float = 2.0
+    # SQLite: zero-fill a new write-ahead log (the daemon, which commits for as long
+    # as it runs; a short-lived tool would only pay for it).
+    prefill_wal: bool = False
 
 
 class StoreAbsent(StoreError):
@@ -181,4 +184,4 @@ def open_store(
         return PostgresStore(database, key_check, options or StoreOptions(), create=create)
     from .sqlite import SQLiteStore
 
-    return SQLiteStore(database, key_check, create=create)
+    return SQLiteStore(database, key_check, create=create, prefill_wal=(options or StoreOptions()).prefill_wal)
