@@ -4,9 +4,10 @@
  * The module never sees a secret. It asks the totpd daemon whether the account
  * needs a code (`check`), prompts through the PAM conversation, sends the answer
  * (`verify`: on the same connection if it came within a second, else on a new
- * one) and maps the daemon's status to a PAM return code. The wire format is docs/protocol.md, version 1. Any doubt - daemon
- * missing, socket or peer not trusted, timeout, malformed reply - fails closed
- * with PAM_AUTHINFO_UNAVAIL; nothing here ever turns "no answer" into success.
+ * one) and maps the daemon's status to a PAM return code. The wire format is
+ * docs/protocol.md, version 1. Any doubt - daemon missing, socket or peer not
+ * trusted, timeout, malformed reply - fails closed with PAM_AUTHINFO_UNAVAIL;
+ * nothing here ever turns "no answer" into success.
  *
  * Read top to bottom: options -> connect & check peer -> ask -> converse ->
  * answer -> map reply -> cleanup (pam_sm_authenticate, at the end).
