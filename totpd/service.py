@@ -17,7 +17,6 @@ import logging
 import os
 import pwd
 import re
-import threading
 import time
 from typing import Callable
 
@@ -108,11 +107,10 @@ class Batcher:
     """Hands units of work to the store a batch at a time.
 
     Every unit submitted during one turn of the event loop goes to the store as one
-    batch, and the answers come back with one wake-up of the loop: a thread hop per
-    batch rather than per request. A store that can run a batch in the caller's
-    thread (SQLite's run_here) does so, and only its commit leaves the loop's thread
-    (not even that for a batch that wrote nothing or a lone unit); units that arrive
-    meanwhile form the next batch, started when that commit is done.
+    batch: one transaction and one commit (one fsync) for all of them. A store that
+    can run a batch in the caller's thread (SQLite's run_here) runs and commits it
+    there and then, and the requests that arrive meanwhile form the next batch;
+    any other store (PostgreSQL) answers with one wake-up of the loop per batch.
     """
 
     def __init__(self, store: Store) -> None:
@@ -120,7 +118,6 @@ class Batcher:
         self._run_here = getattr(store, "run_here", None)
         self._pending: list[tuple[Callable[[Transaction], object], asyncio.Future]] = []
         self._scheduled = False
-        self._committing = False
 
     def submit(self, work: Callable[[Transaction], object]) -> asyncio.Future:
         loop = asyncio.get_running_loop()
@@ -130,7 +127,7 @@ class Batcher:
         return future
 
     def _schedule(self, loop: asyncio.AbstractEventLoop, delay: float = 0.0) -> None:
-        if self._pending and not self._scheduled and not self._committing:
+        if self._pending and not self._scheduled:
             self._scheduled = True
             if delay:
                 loop.call_later(delay, self._flush, loop)
@@ -139,32 +136,17 @@ class Batcher:
 
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         self._scheduled = False
-        if not self._pending or self._committing:
+        if not self._pending:
             return
         batch, self._pending = self._pending, []
         units = [work for work, _ in batch]
         if self._run_here is None:
             self.store.submit_batch(units, lambda outcomes: loop.call_soon_threadsafe(self._settle, batch, outcomes))
             return
-        self._committing = True
-        here = threading.get_ident()
-
-        def done(outcomes: list[Outcome]) -> None:
-            if threading.get_ident() == here:  # committed in this thread (run_here): no wake-up
-                self._committed(loop, batch, outcomes)
-            else:
-                loop.call_soon_threadsafe(self._committed, loop, batch, outcomes)
-
-        if not self._run_here(units, done):
-            # The connection is busy with work that did not come from this loop: retry shortly.
-            self._committing = False
+        if not self._run_here(units, lambda outcomes: self._settle(batch, outcomes)):
+            # The store thread holds the connection for work from elsewhere: retry shortly.
             self._pending[:0] = batch
             self._schedule(loop, delay=0.001)
-
-    def _committed(self, loop: asyncio.AbstractEventLoop, batch: list, outcomes: list[Outcome]) -> None:
-        self._committing = False
-        self._settle(batch, outcomes)
-        self._schedule(loop)
 
     @staticmethod
     def _settle(batch: list[tuple[object, asyncio.Future]], outcomes: list[Outcome]) -> None:
