@@ -427,7 +427,7 @@ class Daemon:
                     sock.send(_BUSY)
                 sock.close()
                 continue
-            Connection(self, sock, caller)
+            Connection(self, sock, caller)  # joins self._live and starts reading
 
     def _stop_accepting(self) -> None:
         if self._accepting:
