@@ -418,7 +418,10 @@ class SQLiteStore(Store):
         the GIL back and forth around every system call; committing here measured
         10-25% more verifications per second at 16 and 64 clients, with a lower p99
         (docs/performance.md). Requests that arrive during the fsync wait in their
-        sockets and form the next batch. False (nothing done) while the store thread
+        sockets and form the next batch. A slow disk therefore stalls the whole loop
+        (pings, accepts, D-Bus) for each fsync, where before only the requests
+        waiting on the store did; a disk that hangs stops the watchdog's pings, and
+        systemd restarts the daemon. False (nothing done) while the store thread
         holds the connection for work submitted from elsewhere; the caller retries.
         """
         if self._closed:
