@@ -9,12 +9,12 @@ the key yields no secret.
 from __future__ import annotations
 
 import os
-import stat
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .errors import SealingError
+from .files import private_file_problem
 
 KEY_BYTES = 32
 NONCE_BYTES = 12
@@ -52,11 +52,8 @@ def load_key(path: str, create: bool) -> bytes:
     except OSError as exc:
         raise SealingError(f"{path}: cannot read the master key: {exc.strerror}") from None
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise SealingError(f"{path}: the master key is not a regular file")
-        if info.st_mode & 0o077:
-            raise SealingError(f"{path}: the master key is readable by others; chmod 600 it")
+        if problem := private_file_problem(os.fstat(fd), "the master key"):
+            raise SealingError(f"{path}: {problem}")
         key = os.read(fd, KEY_BYTES + 1)
     finally:
         os.close(fd)

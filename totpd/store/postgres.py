@@ -25,7 +25,6 @@ import logging
 import math
 import os
 import re
-import stat
 import threading
 import time
 from typing import Callable, TypeVar
@@ -35,6 +34,7 @@ import psycopg.conninfo
 import psycopg_pool
 
 from ..errors import StoreError, StoreUnavailable
+from ..files import private_file_problem
 from . import SCHEMA_VERSION, Account, Store, StoreAbsent, StoreOptions, Transaction
 
 T = TypeVar("T")
@@ -243,11 +243,8 @@ def read_password_file(path: str) -> str:
     except OSError as exc:
         raise StoreError(f"{path}: cannot read the database password: {exc.strerror}") from None
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise StoreError(f"{path}: the database password file is not a regular file")
-        if info.st_mode & 0o077:
-            raise StoreError(f"{path}: the database password file is readable by others; chmod 600 it")
+        if problem := private_file_problem(os.fstat(fd), "the database password file"):
+            raise StoreError(f"{path}: {problem}")
         with os.fdopen(fd, "r", encoding="utf-8", closefd=False) as handle:
             password = handle.readline().rstrip("\r\n")
     finally:

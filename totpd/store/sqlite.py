@@ -19,6 +19,7 @@ import threading
 from typing import Callable, TypeVar
 
 from ..errors import StoreError, StoreUnavailable
+from ..files import private_file_problem
 from . import SCHEMA_VERSION, Account, Outcome, Store, StoreAbsent, Transaction
 
 T = TypeVar("T")
@@ -247,11 +248,8 @@ class SQLiteStore(Store):
         if not create and not os.path.exists(path):
             raise StoreAbsent(f"{path}: no such database")
         _create_private_file(path)
-        info = os.stat(path)
-        if not stat.S_ISREG(info.st_mode):
-            raise StoreError(f"{path}: the database is not a regular file")
-        if info.st_mode & 0o077:
-            raise StoreError(f"{path}: the database is readable by others; chmod 600 it")
+        if problem := private_file_problem(os.stat(path), "the database"):
+            raise StoreError(f"{path}: {problem}")
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         # Who uses the connection: the store thread for its batches, or a run_here()
         # batch in the caller's thread, from its BEGIN to its COMMIT.
