@@ -63,6 +63,7 @@ from totpd.protocol import encode_request  # noqa: E402
 PERIOD = 30
 PAM_CONCURRENCY = 8
 CLIENT_COUNTS = (1, 16, 64, 256)
+FRAME_GAP = 4 * max(CLIENT_COUNTS)  # frames between an account's two codes in one loadgen run
 LOADGEN, PAMDRIVE, LOGSINK = (str(BENCH / name) for name in ("loadgen", "pamdrive", "logsink"))
 PAM_TOTPD = str(REPO / "pam" / "pam_totpd.so")
 PAM_NAMES = {7: "PAM_AUTH_ERR", 9: "PAM_AUTHINFO_UNAVAIL", 10: "PAM_USER_UNKNOWN", 11: "PAM_MAXTRIES", 4: "PAM_SYSTEM_ERR"}
@@ -150,14 +151,21 @@ class Accounts:
 
     def frames(self, path: Path, limit: int) -> list[tuple[int, int]]:
         """Write up to `limit` frames: steps now and now+1 (both valid for the next
-        30 s at least), all accounts' first code before any second one."""
+        30 s at least), all accounts' first code before any second one.
+
+        An account's two codes are at least FRAME_GAP frames apart: closer, both could
+        be in flight at once on different connections, and whichever the daemon judged
+        second would be refused, rightly, as older than the step already used."""
         step = current_step()
         plan: list[tuple[int, int]] = []
+        first: dict[int, int] = {}  # account -> its position in the plan at `step`
         for use in (step, step + 1):
             for index in range(self.count):
                 if len(plan) >= limit:
                     break
-                if self.last[index] < use:
+                if self.last[index] < use and len(plan) - first.get(index, -FRAME_GAP) >= FRAME_GAP:
+                    if use == step:
+                        first[index] = len(plan)
                     plan.append((index, use))
         with open(path, "wb") as out:
             out.write(b"".join(verify_frame(f"u{index}", code_at(f"u{index}", use)) for index, use in plan))
