@@ -13,7 +13,10 @@ One run measures everything side by side and prints one Markdown table:
    file, `user=root secret=DIR/${USER}`) and pam_oath (one usersfile, which records
    the last OTP): sequential, then 8 driver processes at once. Afterwards every code
    is tried again and must be refused (no replay record lost), while it is still
-   inside its time window (else the check counts as failed).
+   inside its time window (else the check counts as failed). Then the floor
+   (bench/floor_server.py): the same 8 drivers and pam_totpd against a bare Python
+   server with canned answers, without and with one fdatasync per batch, a ceiling
+   for any one-process Python daemon on this machine.
 2. Daemon alone (bench/loadgen, C, one epoll thread): verifications/s and p50/p99
    with 1, 16, 64, 256 connections, persistent and new-connection-per-request.
    Every request is a valid fresh code (steps now and now+1 of an account, in
@@ -65,6 +68,7 @@ PAM_CONCURRENCY = 8
 CLIENT_COUNTS = (1, 16, 64, 256)
 FRAME_GAP = 4 * max(CLIENT_COUNTS)  # frames between an account's two codes in one loadgen run
 LOADGEN, PAMDRIVE, LOGSINK = (str(BENCH / name) for name in ("loadgen", "pamdrive", "logsink"))
+FLOOR_SERVER = str(BENCH / "floor_server.py")
 PAM_TOTPD = str(REPO / "pam" / "pam_totpd.so")
 PAM_NAMES = {7: "PAM_AUTH_ERR", 9: "PAM_AUTHINFO_UNAVAIL", 10: "PAM_USER_UNKNOWN", 11: "PAM_MAXTRIES", 4: "PAM_SYSTEM_ERR"}
 DAEMON_SETTINGS = dict(
@@ -262,6 +266,7 @@ class PamModules:
             "totpd": f"auth required {PAM_TOTPD} socket={daemon.socket_path}",
             "google": f"auth required pam_google_authenticator.so user=root secret={self.ga_dir}/${{USER}}",
             "oath": f"auth required pam_oath.so usersfile={self.oath_file} window=1",
+            "floor": f"auth required {PAM_TOTPD} socket={top / 'floor.sock'}",
         }
         for service, line in stacks.items():
             (self.confdir / service).write_text(line + "\n")
@@ -323,6 +328,30 @@ def bench_pam(modules: PamModules, sequential: int, concurrent: int) -> list[dic
                   f" p99 {row['p99_ms']:.2f} ms ok {row['ok']}/{row['transactions']} refused {row['refused']}"
                   f" replay-accepted {row['replayed_accepted']}{'' if row['replay_checked'] else ' (replay check late!)'}",
                   flush=True)
+    return rows
+
+
+def bench_floor(modules: PamModules, count: int) -> list[dict]:
+    """8 PAM clients against bench/floor_server.py: canned answers, then with a group commit."""
+    rows = []
+    for durable in (False, True):
+        command = [sys.executable, FLOOR_SERVER, str(modules.top / "floor.sock")]
+        if durable:
+            command += ["--durable", str(modules.top / "floor.log")]
+        server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        try:
+            server.stdout.readline()
+            codes = modules.top / "codes.txt"
+            codes.write_text("".join(f"f{index} {code_at(f'f{index}', current_step())}\n" for index in range(count)))
+            row = drive("floor", modules.confdir, codes, PAM_CONCURRENCY)
+        finally:
+            server.kill()
+            server.wait()
+            os.unlink(modules.top / "floor.sock")
+        row.update(module="floor", durable=durable, clients=PAM_CONCURRENCY)
+        rows.append(row)
+        print(f"PAM floor {'+ fdatasync' if durable else 'canned   '} clients={PAM_CONCURRENCY}: {row['per_second']:7.0f}/s"
+              f" p50 {row['p50_ms']:.2f} ms ok {row['ok']}/{row['transactions']}", flush=True)
     return rows
 
 
@@ -431,7 +460,7 @@ def fmt_ms(us: float) -> str:
     return f"{us / 1000:.2f} ms"
 
 
-def report(args: argparse.Namespace, pam_rows: list[dict], matrix: list[dict], scale: list[dict],
+def report(args: argparse.Namespace, pam_rows: list[dict], floor: list[dict], matrix: list[dict], scale: list[dict],
            prof: tuple[dict, list] | None) -> bool:
     """Print the one table (Markdown) and the targets; True when every run was clean."""
     clean = True
@@ -457,6 +486,13 @@ def report(args: argparse.Namespace, pam_rows: list[dict], matrix: list[dict], s
         print(f"| PAM pam_{row['module'] if row['module'] != 'google' else 'google_authenticator'} | {row['clients']} |"
               f" {row['per_second']:,.0f} | {row['p50_ms']:.2f} ms | {row['p99_ms']:.2f} ms |"
               f" {refused} {json.dumps(row['refused']) if refused else ''} | {note} |")
+    for row in floor:
+        what = "PAM floor: Python, canned answers" + (", fdatasync per batch" if row["durable"] else "")
+        note = "bench/floor_server.py: no store, no crypto, no audit; a ceiling, not a module"
+        if ("google", row["clients"]) in by:
+            note += f"; logins/s = {row['per_second'] / by[('google', row['clients'])]['per_second']:.2f}x google-authenticator"
+        print(f"| {what} | {row['clients']} | {row['per_second']:,.0f} | {row['p50_ms']:.2f} ms | {row['p99_ms']:.2f} ms |"
+              f" {row['transactions'] - row['ok']} | {note} |")
     for row in matrix:
         bad = sum(row["refused"].values())
         clean &= bad == 0 and not row.get("exhausted")
@@ -512,6 +548,11 @@ def report(args: argparse.Namespace, pam_rows: list[dict], matrix: list[dict], s
         checks.append((f"RSS < 100 MB at {last['accounts']:,} accounts", f"VmHWM {last['VmHWM']:.0f} MB", last["VmHWM"] < 100))
     for name, value, met in checks:
         print(f"- {'MET ' if met else 'MISSED'} {name}: {value}")
+    for row in floor:
+        if row["durable"] and ("google", row["clients"]) in by:
+            ratio = row["per_second"] / by[("google", row["clients"])]["per_second"]
+            print(f"- ceiling, {row['clients']} PAM clients: a bare Python server with one fdatasync per batch"
+                  f" (bench/floor_server.py) made {ratio:.2f}x google-authenticator's logins/s in this run")
     for row in pam_rows:
         if row["module"] != "totpd" and (row["ok"] < row["transactions"] or row["replayed_accepted"]):
             print(f"- peer pam_{row['module']}, {row['clients']} client(s): {row['transactions'] - row['ok']} of"
@@ -544,7 +585,7 @@ def inside(args: argparse.Namespace) -> int:
     check_frames()
     only = set(args.only.split(","))
     sizes = [int(size) for size in args.scale.split(",")]
-    pam_rows, matrix, scale, prof = [], [], [], None
+    pam_rows, floor, matrix, scale, prof = [], [], [], [], None
     daemons: list[DaemonProcess] = []
     try:
         pam = None
@@ -554,6 +595,7 @@ def inside(args: argparse.Namespace) -> int:
             pam = PamModules(top / "pam", pam_daemon)
             if "pam" in only:
                 pam_rows = bench_pam(pam, args.pam_sequential, args.pam_concurrent)
+                floor = bench_floor(pam, args.pam_concurrent)
             pam_daemon.stop()
         daemon = DaemonProcess(top / "daemon", **DAEMON_SETTINGS)
         daemons.append(daemon)
@@ -580,9 +622,9 @@ def inside(args: argparse.Namespace) -> int:
         sink.terminate()
         absorbed = sink.communicate()[0].strip()
     print(f"\n/dev/log (bench/logsink) absorbed {absorbed.split('=')[-1]} syslog messages")
-    clean = report(args, pam_rows, matrix, scale, prof)
+    clean = report(args, pam_rows, floor, matrix, scale, prof)
     if args.json:
-        Path(args.json).write_text(json.dumps({"pam": pam_rows, "daemon": matrix, "scale": scale,
+        Path(args.json).write_text(json.dumps({"pam": pam_rows, "floor": floor, "daemon": matrix, "scale": scale,
                                                "profile": prof[1:] if prof else None}, indent=1, default=str))
     return 0 if clean else 1
 

@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""The floor: the least a Python daemon can do for a PAM login, to measure it by.
+
+    floor_server.py SOCKET [--durable FILE]
+
+Speaks totpd's framing (docs/protocol.md) on SOCKET with canned answers: `check`
+gets NEED_CODE, every other request ACCEPTED; no parsing beyond the verb, no store,
+no crypto, no audit line. One thread on a bare epoll loop, no asyncio. With
+`--durable`, the verifications that arrived in one turn of the loop are answered
+only after one 4 KiB write and fdatasync of FILE: a group commit and nothing else.
+
+bench/bench.py drives it with pam_totpd and bench/pamdrive exactly as it drives
+totpd, so the rows it makes are a ceiling for any single-process Python daemon on
+this machine, beside google-authenticator in the same run (docs/performance.md).
+Never a daemon to run: it accepts every code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import select
+import socket
+import struct
+import sys
+
+
+def frame(payload: bytes) -> bytes:
+    return b"TD\x01\x00" + struct.pack(">I", len(payload)) + payload
+
+
+NEED_CODE = frame(b"NEED_CODE\nprompt=Verification code: \n")
+ACCEPTED = frame(b"ACCEPTED\n")
+
+
+def serve(path: str, durable: str | None) -> None:
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    listener.bind(path)
+    listener.listen(512)
+    listener.setblocking(False)
+    poller = select.epoll()
+    poller.register(listener.fileno(), select.EPOLLIN)
+    log_fd = os.open(durable, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600) if durable else -1
+    block = bytes(4096)
+    connections: dict[int, socket.socket] = {}
+    print("ready", flush=True)
+    while True:
+        waiting: list[socket.socket] = []
+        for fd, _ in poller.poll():
+            if fd == listener.fileno():
+                while True:
+                    try:
+                        conn, _ = listener.accept()
+                    except BlockingIOError:
+                        break
+                    conn.setblocking(False)
+                    conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)  # as totpd does
+                    connections[conn.fileno()] = conn
+                    poller.register(conn.fileno(), select.EPOLLIN)
+                continue
+            conn = connections[fd]
+            try:
+                data = conn.recv(65536)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                poller.unregister(fd)
+                del connections[fd]
+                conn.close()
+            elif data[8:14] == b"check\n":
+                conn.send(NEED_CODE)
+            else:
+                waiting.append(conn)
+        if waiting and log_fd >= 0:
+            os.pwrite(log_fd, block, 0)
+            os.fdatasync(log_fd)
+        for conn in waiting:
+            conn.send(ACCEPTED)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("socket")
+    parser.add_argument("--durable", help="write and fdatasync this file once per batch of verifications")
+    args = parser.parse_args()
+    serve(args.socket, args.durable)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
