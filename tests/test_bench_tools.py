@@ -8,6 +8,7 @@ and the same codes again, which must be refused.
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -73,3 +74,51 @@ def test_pamdrive_reports_success_then_refusal_through_real_libpam(tools, make_d
     again = bench.drive("bench", confdir, codes, 1)
     assert (again["transactions"], again["ok"], again["refused"]) == (6, 0, {"PAM_AUTH_ERR": 6})
     assert sorted(again["refused_users"]) == sorted(users)
+
+
+def test_an_accounts_two_codes_are_never_close_enough_to_race(tmp_path) -> None:
+    """With 64 connections, two codes of one account within 64 frames can be judged
+    out of order, and the older one is then rightly refused as a replay."""
+    accounts = bench.Accounts()
+    accounts.grow(3000)
+    step = bench.current_step()
+    accounts.last = [step - 1] * 10 + [step] * 2990  # u0..u9 still have `step`: a first pass of 10
+    plan = accounts.frames(tmp_path / "frames.bin", 100_000)
+    pairs = [spots for spots in _positions(plan).values() if len(spots) == 2]
+    assert len(plan) == 3000 and not pairs  # u0..u9's next codes wait for a later run
+    fresh = bench.Accounts()
+    fresh.grow(3000)
+    plan = fresh.frames(tmp_path / "frames.bin", 100_000)
+    gaps = [b - a for a, b in (spots for spots in _positions(plan).values() if len(spots) == 2)]
+    assert len(plan) > 3000 and min(gaps) >= bench.FRAME_GAP
+
+
+def _positions(plan: list[tuple[int, int]]) -> dict[int, list[int]]:
+    positions: dict[int, list[int]] = {}
+    for position, (index, _) in enumerate(plan):
+        positions.setdefault(index, []).append(position)
+    return positions
+
+
+@pytest.mark.parametrize("durable", [False, True])
+def test_the_floor_server_answers_like_a_daemon_and_syncs_when_asked(tmp_path, durable) -> None:
+    from totpd.protocol import HEADER_SIZE, MAX_REPLY_PAYLOAD, decode_reply, encode_request, parse_header
+
+    path, log = tmp_path / "floor.sock", tmp_path / "floor.log"
+    command = [sys.executable, bench.FLOOR_SERVER, str(path)] + (["--durable", str(log)] if durable else [])
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline() == "ready\n"
+        statuses = []
+        with socket.socket(socket.AF_UNIX) as conn:
+            conn.settimeout(10)
+            conn.connect(str(path))
+            for verb, fields in (("check", {"user": "f0"}), ("verify", {"user": "f0", "code": "123456"})):
+                conn.sendall(encode_request(verb, fields))
+                length = parse_header(conn.recv(HEADER_SIZE, socket.MSG_WAITALL), MAX_REPLY_PAYLOAD)
+                statuses.append(decode_reply(conn.recv(length, socket.MSG_WAITALL)).status)
+    finally:
+        server.kill()
+        server.wait()
+    assert statuses == ["NEED_CODE", "ACCEPTED"]
+    assert log.exists() == durable and (not durable or log.stat().st_size == 4096)
