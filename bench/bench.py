@@ -66,7 +66,6 @@ from totpd.protocol import encode_request  # noqa: E402
 PERIOD = 30
 PAM_CONCURRENCY = 8
 CLIENT_COUNTS = (1, 16, 64, 256)
-FRAME_GAP = 4 * max(CLIENT_COUNTS)  # frames between an account's two codes in one loadgen run
 LOADGEN, PAMDRIVE, LOGSINK = (str(BENCH / name) for name in ("loadgen", "pamdrive", "logsink"))
 FLOOR_SERVER = str(BENCH / "floor_server.py")
 PAM_TOTPD = str(REPO / "pam" / "pam_totpd.so")
@@ -154,23 +153,21 @@ class Accounts:
         self.count = count
 
     def frames(self, path: Path, limit: int) -> list[tuple[int, int]]:
-        """Write up to `limit` frames: steps now and now+1 (both valid for the next
-        30 s at least), all accounts' first code before any second one.
+        """Write up to `limit` frames, one per account: its next unused step of now and
+        now+1 (both valid for the next 30 s at least).
 
-        An account's two codes are at least FRAME_GAP frames apart: closer, both could
-        be in flight at once on different connections, and whichever the daemon judged
-        second would be refused, rightly, as older than the step already used."""
+        Never two of one account in a run: both could be in flight at once on
+        different connections (a reply can lag thousands of frames behind under 256
+        clients), and whichever the daemon judged second would be refused, rightly,
+        as older than the step already used."""
         step = current_step()
         plan: list[tuple[int, int]] = []
-        first: dict[int, int] = {}  # account -> its position in the plan at `step`
-        for use in (step, step + 1):
-            for index in range(self.count):
-                if len(plan) >= limit:
-                    break
-                if self.last[index] < use and len(plan) - first.get(index, -FRAME_GAP) >= FRAME_GAP:
-                    if use == step:
-                        first[index] = len(plan)
-                    plan.append((index, use))
+        for index in range(self.count):
+            if len(plan) >= limit:
+                break
+            use = max(step, self.last[index] + 1)
+            if use <= step + 1:
+                plan.append((index, use))
         with open(path, "wb") as out:
             out.write(b"".join(verify_frame(f"u{index}", code_at(f"u{index}", use)) for index, use in plan))
         return plan
