@@ -24,7 +24,7 @@ import stat
 import struct
 import sys
 from collections import Counter
-from typing import Coroutine
+from typing import Callable, Coroutine
 
 from . import __version__, clock, config as config_module
 from .audit import Audit
@@ -35,12 +35,13 @@ from .protocol import (
     HEADER_SIZE,
     MAX_REQUEST_PAYLOAD,
     Reply,
+    Request,
     decode_request,
     encode_reply,
     parse_header,
 )
 from .sealing import Sealer, load_credential, load_key
-from .service import Caller, Service, Session, key_check
+from .service import Caller, Service, Session, internal_error, key_check
 from .store import StoreOptions, is_postgres, open_store
 
 log = logging.getLogger("totpd")
@@ -135,7 +136,7 @@ def start_eagerly(coroutine: Coroutine[object, object, None], loop: asyncio.Abst
     A Task per request (its creation, a loop turn before it starts, its own wake-ups)
     cost more than a `check` does (docs/performance.md); Python 3.12's
     eager_task_factory is the same idea. The coroutine must catch its own exceptions
-    (Connection._answer does) and must not need asyncio.current_task().
+    (Daemon._handle does) and must not need asyncio.current_task().
     """
 
     def step(_awaited: object = None) -> None:
@@ -269,13 +270,10 @@ class Connection:
             self.reading = True
             self.daemon.loop.add_reader(self.fd, self._readable)
         self.busy = True
-        start_eagerly(self._answer(payload), self.daemon.loop)
+        self.daemon.answer(payload, self.caller, self.session, self._replied)
 
-    async def _answer(self, payload: bytes) -> None:
-        try:
-            reply = await self.daemon._answer(payload, self.caller, self.session)
-        finally:
-            self.busy = False
+    def _replied(self, reply: Reply) -> None:
+        self.busy = False
         if self.closed:
             return
         self.send(encode_reply(reply))
@@ -299,7 +297,7 @@ class Connection:
         """The client sent its last byte: answer what is complete, then hang up."""
         self._next()
         if self.busy or self.outgoing:
-            return  # _answer or _writable comes back here
+            return  # _replied or _writable comes back here
         if self.buffer:
             log.warning("uid %d pid %d sent a truncated frame", self.caller.uid, self.caller.pid)
         self.close()
@@ -458,23 +456,43 @@ class Daemon:
         if not self._connections[uid]:
             del self._connections[uid]
 
-    async def _answer(self, payload: bytes, caller: Caller, session: Session) -> Reply:
+    def answer(self, payload: bytes, caller: Caller, session: Session, done: Callable[[Reply], None]) -> None:
+        """Decode one request and have the service answer it; `done` gets the reply, once.
+
+        A login's check and verify take the service's path without a coroutine
+        (Service.handle_now); every other request runs as a coroutine started eagerly.
+        """
         try:
             request = decode_request(payload)
         except ProtocolError as exc:
             log.warning("uid %d pid %d: bad request: %s", caller.uid, caller.pid, exc)
-            return Reply("BAD_REQUEST", {"message": str(exc)})
+            done(Reply("BAD_REQUEST", {"message": str(exc)}))
+            return
         self._in_flight += 1
         self._idle.clear()
-        try:
-            return await self.service.handle(request, caller, session)
-        except Exception:  # a bug must cost one request, never the daemon: fail closed
-            log.exception("internal error while handling '%s' from uid %d", request.verb, caller.uid)
-            return Reply("UNAVAILABLE", {"message": "The two-factor service hit an internal error; try again."})
-        finally:
+
+        def finish(reply: Reply) -> None:
             self._in_flight -= 1
             if not self._in_flight:
                 self._idle.set()
+            done(reply)
+
+        try:
+            if self.service.handle_now(request, caller, finish):
+                return
+        except Exception:  # before anything was submitted: the async path decides
+            log.exception("internal error while handling '%s' from uid %d", request.verb, caller.uid)
+            finish(internal_error())
+            return
+        start_eagerly(self._handle(request, caller, session, finish), self.loop)
+
+    async def _handle(self, request: Request, caller: Caller, session: Session, finish: Callable[[Reply], None]) -> None:
+        try:
+            reply = await self.service.handle(request, caller, session)
+        except Exception:  # a bug must cost one request, never the daemon: fail closed
+            log.exception("internal error while handling '%s' from uid %d", request.verb, caller.uid)
+            reply = internal_error()
+        finish(reply)
 
 
 def freeze_startup_heap() -> None:

@@ -18,7 +18,7 @@ import os
 import pwd
 import re
 import time
-from typing import Callable
+from typing import Callable, Coroutine
 
 from . import __version__, clock, otp, recovery
 from .audit import Audit
@@ -97,10 +97,19 @@ def _reply(status: str, message: str = "", **fields: object) -> Reply:
     return Reply(status, out)
 
 
+def internal_error() -> Reply:
+    """The reply when a bug, not the store or the request, stopped a decision: fail closed."""
+    return Reply("UNAVAILABLE", {"message": "The two-factor service hit an internal error; try again."})
+
+
 def _params_of(account: Account, pending: bool = False) -> otp.Params:
     if pending:
         return otp.Params(account.pending_algorithm or "SHA1", account.pending_digits or 6, account.pending_period or 30)
     return otp.Params(account.algorithm, account.digits, account.period)
+
+
+# What a unit of work hands back: its value, or the exception it raised (then None).
+Settle = Callable[[object, "BaseException | None"], None]
 
 
 class Batcher:
@@ -111,20 +120,26 @@ class Batcher:
     can run a batch in the caller's thread (SQLite's run_here) runs and commits it
     there and then, and the requests that arrive meanwhile form the next batch;
     any other store (PostgreSQL) answers with one wake-up of the loop per batch.
+    Each unit's outcome goes to a future (submit) or straight to a callback, on the
+    loop, after the commit (call).
     """
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self._run_here = getattr(store, "run_here", None)
-        self._pending: list[tuple[Callable[[Transaction], object], asyncio.Future]] = []
+        self._pending: list[tuple[Callable[[Transaction], object], Settle]] = []
         self._scheduled = False
 
     def submit(self, work: Callable[[Transaction], object]) -> asyncio.Future:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._pending.append((work, future))
+        self._pending.append((work, lambda value, error: _resolve(future, value, error)))
         self._schedule(loop)
         return future
+
+    def call(self, work: Callable[[Transaction], object], settle: Settle) -> None:
+        self._pending.append((work, settle))
+        self._schedule(asyncio.get_running_loop())
 
     def _schedule(self, loop: asyncio.AbstractEventLoop, delay: float = 0.0) -> None:
         if self._pending and not self._scheduled:
@@ -149,15 +164,21 @@ class Batcher:
             self._schedule(loop, delay=0.001)
 
     @staticmethod
-    def _settle(batch: list[tuple[object, asyncio.Future]], outcomes: list[Outcome]) -> None:
+    def _settle(batch: list[tuple[object, Settle]], outcomes: list[Outcome]) -> None:
         for index, value, error in outcomes:
-            future = batch[index][1]
-            if future.cancelled():
-                continue
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(value)
+            try:
+                batch[index][1](value, error)
+            except Exception:  # one caller's bug must not leave the rest of the batch unanswered
+                log.exception("internal error while answering a store unit")
+
+
+def _resolve(future: asyncio.Future, value: object, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)
 
 
 class Service:
@@ -177,6 +198,7 @@ class Service:
         self.clock = clock
         self.remembered = RememberedHosts(clock)
         self._batcher = Batcher(store)
+        self._tasks: set[asyncio.Task] = set()  # handle_now's slow paths in progress
         # Called with (event, fields) after an event is durable: enrolled, reset,
         # recovery_code_used, locked, unlocked. Notifications and D-Bus signals listen.
         self.listeners: list[Callable[[str, dict[str, object]], None]] = []
@@ -198,12 +220,84 @@ class Service:
                     return _reply("BAD_REQUEST", "imports need a socket connection")
                 return await handler(request, caller, session)
             return await handler(request, caller)
-        except ProtocolError as exc:
+        except (ProtocolError, StoreError, SealingError) as exc:
+            return self._refusal(request, caller, exc)
+
+    def _refusal(self, request: Request, caller: Caller, exc: BaseException) -> Reply:
+        """The reply for a request that raised: BAD_REQUEST, or UNAVAILABLE (fail closed)."""
+        if isinstance(exc, ProtocolError):
             return _reply("BAD_REQUEST", str(exc))
-        except (StoreError, SealingError) as exc:  # fail closed, with a line that says why
+        if isinstance(exc, (StoreError, SealingError)):  # with a line that says why
             log.error("cannot decide %s: %s", request.verb, exc)
             self._audit(request, caller, request.verb, "unavailable", level="warning")
             return _reply("UNAVAILABLE", "The two-factor service cannot decide right now; try again shortly.")
+        log.error("internal error while handling '%s' from uid %d", request.verb, caller.uid, exc_info=exc)
+        return internal_error()
+
+    def handle_now(self, request: Request, caller: Caller, done: Callable[[Reply], None]) -> bool:
+        """A login's two requests without a coroutine; False: use `handle` instead.
+
+        `check` and `verify` from a caller whose authority needs no lookup (root, as
+        sshd and sudo are, or polkit's "any"): the request's one store unit goes to the
+        batcher with a callback, and the reply is made in that callback, after the
+        commit, by the same unit and the same verdicts as `handle`. What needs more
+        (an unenrolled account, a recovery code) goes on as a task from there. A
+        coroutine, its future and their loop turns cost about as much as the rest of a
+        check (docs/performance.md). `done` is called exactly once.
+        """
+        if request.verb not in ("check", "verify") or not _admin_without_lookup(caller):
+            return False
+        now = self.clock()
+        if request.verb == "check":
+            continue_check = self._continue_check
+
+            def settle(account: object, error: BaseException | None) -> None:
+                self._settle_now(request, caller, done, error, continue_check, account, now)
+
+            self._batcher.call(self._check_unit(request.user), settle)
+        else:
+            code, drift = request.get("code").strip(), []
+            continue_verify = self._continue_verify
+
+            def settle(judged: object, error: BaseException | None) -> None:
+                self._settle_now(request, caller, done, error, continue_verify, judged, code, now, drift)
+
+            self._batcher.call(self._totp_unit(request.user, code, now, drift), settle)
+        return True
+
+    def _settle_now(
+        self,
+        request: Request,
+        caller: Caller,
+        done: Callable[[Reply], None],
+        error: BaseException | None,
+        go_on: Callable[..., Reply | Coroutine[object, object, Reply]],
+        *args: object,
+    ) -> None:
+        """Finish a handle_now request once its unit is committed: in this call if `go_on`
+        returns a reply, else as a task (the slow paths), mapping errors as `handle` does."""
+        if error is not None:
+            done(self._refusal(request, caller, error))
+            return
+        try:
+            outcome = go_on(request, caller, *args)
+        except Exception as exc:
+            done(self._refusal(request, caller, exc))
+            return
+        if isinstance(outcome, Reply):
+            done(outcome)
+            return
+
+        async def slow() -> None:
+            try:
+                reply = await outcome  # type: ignore[misc]
+            except Exception as exc:
+                reply = self._refusal(request, caller, exc)
+            done(reply)
+
+        task = asyncio.get_running_loop().create_task(slow())
+        self._tasks.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(self._tasks.discard)
 
     def _audit(self, request: Request, caller: Caller, event: str, result: str, **kwargs: object) -> None:
         self.audit.record(
@@ -258,11 +352,22 @@ class Service:
     async def _check(self, request: Request, caller: Caller) -> Reply:
         if refusal := await self._authorize(request, caller, allow_self=True):
             return refusal
-        user, now = request.user, self.clock()
-        account = await self._transact(lambda tx: tx.get(user))
+        now = self.clock()
+        outcome = self._continue_check(request, caller, await self._transact(self._check_unit(request.user)), now)
+        return outcome if isinstance(outcome, Reply) else await outcome
+
+    @staticmethod
+    def _check_unit(user: str) -> Callable[[Transaction], Account | None]:
+        return lambda tx: tx.get(user)
+
+    def _continue_check(
+        self, request: Request, caller: Caller, account: object, now: float
+    ) -> Reply | Coroutine[object, object, Reply]:
+        """The check's answer once the account is read: a reply, or the coroutine that finds it."""
         assert account is None or isinstance(account, Account)
+        user = request.user
         if account is None or not account.active:
-            return await self._unenrolled(request, caller, "check")
+            return self._unenrolled(request, caller, "check")
         if account.locked or now < account.locked_until:
             self._audit(request, caller, "check", "locked")
             return _reply("LOCKED", self.policy.locked_message(user, account.locked, account.locked_until, now))
@@ -285,9 +390,21 @@ class Service:
         if refusal := await self._authorize(request, caller, allow_self=True):
             return refusal
         user, code, now = request.user, request.get("code").strip(), self.clock()
-        window = self.config.window
-
         drift: list[int] = []
+        judged = await self._transact(self._totp_unit(user, code, now, drift))
+        outcome = self._continue_verify(request, caller, judged, code, now, drift)
+        return outcome if isinstance(outcome, Reply) else await outcome
+
+    def _totp_unit(
+        self, user: str, code: str, now: float, drift: list[int]
+    ) -> Callable[[Transaction], tuple[str, Account | None]]:
+        """The one transaction that judges a TOTP code: the verdict, and the account as read.
+
+        A code that could not be a TOTP code is left to the recovery codes; a code
+        outside the window is a failure, and one found within DRIFT_SEARCH steps is
+        noted in `drift` (for a log line about clocks).
+        """
+        window = self.config.window
 
         def judge_totp(tx: Transaction) -> tuple[str, Account | None]:
             account = tx.get(user)
@@ -310,11 +427,31 @@ class Service:
                 return "replayed", account
             return "accepted", account
 
-        verdict, account = await self._transact(judge_totp)  # type: ignore[misc]
+        return judge_totp
+
+    def _continue_verify(
+        self, request: Request, caller: Caller, judged: object, code: str, now: float, drift: list[int]
+    ) -> Reply | Coroutine[object, object, Reply]:
+        """The verify's answer once its unit is committed: a reply, or the coroutine that
+        finds it (a recovery code, an account that is not enrolled)."""
+        verdict, account = judged  # type: ignore[misc]
+        if verdict in ("try_recovery", "unenrolled"):
+            return self._verify_slowly(request, caller, verdict, code, now)
+        return self._verify_reply(request, caller, verdict, account, now, drift)
+
+    async def _verify_slowly(self, request: Request, caller: Caller, verdict: str, code: str, now: float) -> Reply:
+        account = None
         if verdict == "try_recovery":
-            verdict, account = await self._try_recovery(user, code, now)
+            verdict, account = await self._try_recovery(request.user, code, now)
         if verdict == "unenrolled":
             return await self._unenrolled(request, caller, "verify")
+        return self._verify_reply(request, caller, verdict, account, now, [])
+
+    def _verify_reply(
+        self, request: Request, caller: Caller, verdict: str, account: Account | None, now: float, drift: list[int]
+    ) -> Reply:
+        """What follows a verdict: the clock-drift line, remembered hosts, events, the audit line, the reply."""
+        user = request.user
         if drift:
             log.warning(
                 "a code for '%s' matched %+d steps from now, outside the window: the phone's or this host's clock"
@@ -661,6 +798,13 @@ class Service:
             "OK", created=len(created), replaced=len(replaced), skipped=len(skipped),
             skipped_users=json.dumps(skipped[:100]), dry_run=int(dry_run),
         )
+
+
+def _admin_without_lookup(caller: Caller) -> bool:
+    """Is the caller an administrator by what it carries alone (Service._is_admin, less the group)?"""
+    if caller.granted is not None:
+        return caller.granted == "any"
+    return caller.uid == 0
 
 
 def _barred(account: Account | None, now: float) -> str:
