@@ -7,6 +7,7 @@ import concurrent.futures
 import json
 import os
 import shutil
+import socket
 import sqlite3
 import stat
 import subprocess
@@ -409,6 +410,21 @@ def test_a_truncated_frame_or_a_silent_client_is_dropped_and_others_are_served(m
     half.sendall(wire.frame(b"ping\n")[:5])
     half.close()
     assert wire.request(daemon.socket_path, "ping").status == "OK"
+
+
+def test_frames_sent_before_a_hang_up_are_all_answered(daemon):
+    """A client may pipeline requests and shut its side down: each complete frame gets
+    its reply, in order, whether it is answered at once (ping) or after a commit."""
+    daemon.enroll("alice")
+    with wire.connect(daemon.socket_path) as sock:
+        sock.sendall(
+            encode_request("ping", {}) + encode_request("ping", {}) + encode_request("check", {"user": "alice"})
+            + encode_request("ping", {})
+        )
+        sock.shutdown(socket.SHUT_WR)
+        statuses = [wire.read_reply(sock).status for _ in range(4)]
+        assert statuses == ["OK", "OK", "NEED_CODE", "OK"]
+        assert wire.closed(sock)
 
 
 def test_one_connection_carries_many_requests(daemon):

@@ -480,7 +480,7 @@ class Daemon:
         try:
             if self.service.handle_now(request, caller, finish):
                 return
-        except Exception:  # before anything was submitted: the async path decides
+        except Exception:  # a bug before its unit went to the store: fail closed
             log.exception("internal error while handling '%s' from uid %d", request.verb, caller.uid)
             finish(internal_error())
             return
