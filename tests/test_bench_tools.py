@@ -113,3 +113,22 @@ def test_the_floor_server_answers_like_a_daemon_and_syncs_when_asked(tmp_path, d
         server.wait()
     assert statuses == ["NEED_CODE", "ACCEPTED"]
     assert log.exists() == durable and (not durable or log.stat().st_size == 4096)
+
+
+def test_the_before_and_after_table_gives_each_rows_median_and_ratio() -> None:
+    import ab
+
+    def result(per_second: float, p99_us: float, pam_p50: float) -> dict:
+        return {
+            "daemon": [{"mode": "persistent", "clients": 64, "per_second": per_second, "p99_us": p99_us}],
+            "pam": [{"module": "totpd", "clients": 1, "per_second": 1000.0, "p50_ms": pam_p50}],
+        }
+
+    text = ab.table({
+        "before": [result(100.0, 9000.0, 1.0), result(300.0, 1000.0, 2.0), result(200.0, 5000.0, 3.0)],
+        "after": [result(400.0, 2000.0, 1.0), result(500.0, 2000.0, 1.0), result(50.0, 2000.0, 1.0)],
+    })
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:4] for line in text.splitlines()[2:]}
+    assert rows["daemon persistent, 64 client(s): verifications/s"] == ["200.00", "400.00", "2.00x"]
+    assert rows["daemon persistent, 64 client(s): p99 ms"] == ["5.00", "2.00", "0.40x"]
+    assert rows["PAM totpd, 1 client(s): p50 ms"] == ["2.00", "1.00", "0.50x"]
