@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import grp
 import hmac
 import json
@@ -27,7 +28,7 @@ from .errors import ProtocolError, SealingError, StoreError
 from .policy import Policy, RememberedHosts, groups_of, local_today
 from .protocol import MAX_LIST_LIMIT, MAX_MESSAGE, MAX_REPLY_PAYLOAD, Reply, Request
 from .sealing import Sealer
-from .store import Account, Outcome, Store, Transaction
+from .store import Account, Outcome, Store, Transaction, resolve
 
 log = logging.getLogger("totpd")
 
@@ -133,7 +134,7 @@ class Batcher:
     def submit(self, work: Callable[[Transaction], object]) -> asyncio.Future:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._pending.append((work, lambda value, error: _resolve(future, value, error)))
+        self._pending.append((work, functools.partial(resolve, future)))
         self._schedule(loop)
         return future
 
@@ -170,15 +171,6 @@ class Batcher:
                 batch[index][1](value, error)
             except Exception:  # one caller's bug must not leave the rest of the batch unanswered
                 log.exception("internal error while answering a store unit")
-
-
-def _resolve(future: asyncio.Future, value: object, error: BaseException | None) -> None:
-    if future.cancelled():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(value)
 
 
 class Service:

@@ -14,9 +14,12 @@ import abc
 import concurrent.futures
 import dataclasses
 import re
-from typing import Callable, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Callable, NamedTuple, TypeVar
 
 from ..errors import StoreError
+
+if TYPE_CHECKING:
+    import asyncio
 
 T = TypeVar("T")
 
@@ -132,6 +135,17 @@ class Store(abc.ABC):
 
 # (index of the unit in its batch, its value, or the exception it raised)
 Outcome = tuple[int, object, BaseException | None]
+
+
+def resolve(future: concurrent.futures.Future | asyncio.Future, value: object, error: BaseException | None) -> None:
+    """Settle a future (of either kind) with a unit's value or the exception it raised,
+    unless its caller has cancelled it."""
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)
 
 
 def _outcome(index: int, future: concurrent.futures.Future) -> Outcome:

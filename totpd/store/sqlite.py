@@ -20,7 +20,7 @@ from typing import Callable, TypeVar
 
 from ..errors import StoreError, StoreUnavailable
 from ..files import private_file_problem
-from . import SCHEMA_VERSION, Account, Outcome, Store, StoreAbsent, Transaction
+from . import SCHEMA_VERSION, Account, Outcome, Store, StoreAbsent, Transaction, resolve
 
 T = TypeVar("T")
 
@@ -162,16 +162,6 @@ class SQLiteTransaction(Transaction):
 
     def set_meta(self, key: str, value: bytes) -> None:
         self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
-
-
-def _settle(future: concurrent.futures.Future, outcome: Outcome) -> None:
-    _, value, error = outcome
-    if future.cancelled():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(value)
 
 
 def _create_private_file(path: str) -> None:
@@ -323,7 +313,7 @@ class SQLiteStore(Store):
             started.set_exception(exc)
             return
         self._conn = conn
-        self._run_batch(conn, [([key_check], lambda outcomes: _settle(started, outcomes[0]))])
+        self._run_batch(conn, [([key_check], lambda outcomes: resolve(started, *outcomes[0][1:]))])
         if started.exception() is not None:
             conn.close()
             return
@@ -441,7 +431,7 @@ class SQLiteStore(Store):
 
     def submit(self, work: Callable[[Transaction], T]) -> concurrent.futures.Future[T]:
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self.submit_batch([work], lambda outcomes: _settle(future, outcomes[0]))
+        self.submit_batch([work], lambda outcomes: resolve(future, *outcomes[0][1:]))
         return future
 
     def submit_batch(self, units: list[Callable[[Transaction], object]], done: Callable[[list[Outcome]], None]) -> None:
