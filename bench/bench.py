@@ -154,27 +154,36 @@ class Accounts:
 
     def frames(self, path: Path, limit: int) -> list[tuple[int, int]]:
         """Write up to `limit` frames, one per account: its next unused step of now and
-        now+1 (both valid for the next 30 s at least).
+        now+1 (both valid for the next 30 s at least). Returns (account, the step the
+        daemon will record as used) for each frame, in order.
 
         Never two of one account in a run: both could be in flight at once on
         different connections (a reply can lag thousands of frames behind under 256
         clients), and whichever the daemon judged second would be refused, rightly,
-        as older than the step already used."""
+        as older than the step already used.
+
+        One code in a million equals the next step's code too; the daemon then
+        records the later step (otp.match_step), and that step's code, the same
+        digits, is a replay from then on. So the step recorded is the later one."""
         step = current_step()
         plan: list[tuple[int, int]] = []
+        frames: list[bytes] = []
         for index in range(self.count):
             if len(plan) >= limit:
                 break
             use = max(step, self.last[index] + 1)
             if use <= step + 1:
-                plan.append((index, use))
+                user = f"u{index}"
+                code = code_at(user, use)
+                plan.append((index, use + 1 if code_at(user, use + 1) == code else use))
+                frames.append(verify_frame(user, code))
         with open(path, "wb") as out:
-            out.write(b"".join(verify_frame(f"u{index}", code_at(f"u{index}", use)) for index, use in plan))
+            out.write(b"".join(frames))
         return plan
 
     def consumed(self, plan: list[tuple[int, int]], requests: int) -> None:
-        for index, use in plan[:requests]:
-            self.last[index] = max(self.last[index], use)
+        for index, used in plan[:requests]:
+            self.last[index] = max(self.last[index], used)
 
 
 # -- processes ---------------------------------------------------------------------

@@ -76,9 +76,15 @@ def test_pamdrive_reports_success_then_refusal_through_real_libpam(tools, make_d
     assert sorted(again["refused_users"]) == sorted(users)
 
 
-def test_a_loadgen_run_never_holds_two_codes_of_one_account(tmp_path) -> None:
+# A time step at which u0..u2999 have no two equal codes in a row (checked when written),
+# and u89827's codes for it and the next are the same digits: 467188.
+STEP = 59869131
+
+
+def test_a_loadgen_run_never_holds_two_codes_of_one_account(tmp_path, monkeypatch) -> None:
     """Two codes of one account in flight at once can be judged out of order, and the
     older one is then rightly refused as a replay: the bench would report a refusal."""
+    monkeypatch.setattr(bench, "current_step", lambda: STEP)
     accounts = bench.Accounts()
     accounts.grow(3000)
     step = bench.current_step()
@@ -89,6 +95,22 @@ def test_a_loadgen_run_never_holds_two_codes_of_one_account(tmp_path) -> None:
     assert all(use == step + 1 for _, use in plan[10:])
     accounts.consumed(plan, len(plan))
     assert len(accounts.frames(tmp_path / "frames.bin", 100_000)) == 10  # u0..u9 have step + 1 left
+
+
+def test_a_code_equal_to_the_next_steps_code_uses_up_both_steps(tmp_path, monkeypatch) -> None:
+    """The daemon records the later of two matching steps, so sending the next step's
+    code (the same digits) afterwards would be a replay, rightly refused: the harness
+    must not plan it (a REJECTED in `make bench` on 2026-11-30)."""
+    monkeypatch.setattr(bench, "current_step", lambda: STEP)
+    assert bench.code_at("u89827", STEP) == bench.code_at("u89827", STEP + 1)
+    accounts = bench.Accounts()
+    accounts.grow(89830)
+    accounts.last = [STEP + 1] * 89830
+    accounts.last[89827] = accounts.last[89829] = STEP - 1
+    plan = accounts.frames(tmp_path / "frames.bin", 100)
+    assert plan == [(89827, STEP + 1), (89829, STEP)]
+    accounts.consumed(plan, len(plan))
+    assert accounts.frames(tmp_path / "frames.bin", 100) == [(89829, STEP + 1)]
 
 
 @pytest.mark.parametrize("durable", [False, True])
