@@ -154,3 +154,18 @@ def test_the_before_and_after_table_gives_each_rows_median_and_ratio() -> None:
     assert rows["daemon persistent, 64 client(s): verifications/s"] == ["200.00", "400.00", "2.00x"]
     assert rows["daemon persistent, 64 client(s): p99 ms"] == ["5.00", "2.00", "0.40x"]
     assert rows["PAM totpd, 1 client(s): p50 ms"] == ["2.00", "1.00", "0.50x"]
+
+
+def test_the_in_process_bench_answers_every_login_and_profiles_one_round(tmp_path) -> None:
+    """bench/inprocess.py: the daemon's request path without sockets; every check must
+    be NEED_CODE and every verify ACCEPTED, and --pyinstrument shows the unit's tree."""
+    out = subprocess.run(
+        [sys.executable, str(bench.BENCH / "inprocess.py"), "--accounts", "40", "--batch", "8", "--rounds", "2",
+         "--dir", str(tmp_path), "--pyinstrument"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("replies {'NEED_CODE': 40} {'ACCEPTED': 40}") == 3  # two rounds, one profiled
+    assert "median of 2 rounds" in out.stdout and "verify" in out.stdout
+    assert "judge_totp" in out.stdout and "decode_request" in out.stdout  # the call tree of the profiled round
+    assert list(tmp_path.iterdir()) == []  # its scratch database is gone
