@@ -113,6 +113,40 @@ def test_a_code_equal_to_the_next_steps_code_uses_up_both_steps(tmp_path, monkey
     assert accounts.frames(tmp_path / "frames.bin", 100) == [(89829, STEP + 1)]
 
 
+def test_latency_at_each_size_is_measured_in_turns_and_judged_on_medians(tools, tmp_path, monkeypatch) -> None:
+    """The flatness target compares sizes measured side by side (a daemon per size, short
+    1-client runs taking turns), not runs minutes apart: `make bench` of 2026-11-30
+    23:09 UTC judged +24% with the smaller database the slower one."""
+    from daemonproc import DaemonProcess
+
+    monkeypatch.setattr(bench, "SIDE_BY_SIDE_ROUNDS", 4)
+    sizes = []
+    for size in (600, 1400):
+        daemon = DaemonProcess(tmp_path / f"d{size}", **{**bench.DAEMON_SETTINGS, "audit": "stderr"})
+        bench.bulk_enroll(daemon, 0, size)
+        accounts = bench.Accounts()
+        accounts.grow(size)
+        sizes.append((size, daemon, accounts))
+    running = sizes[1][1].start()  # one already running (the largest size in make bench), one not
+    try:
+        rows = bench.side_by_side(tmp_path, sizes)
+        assert running.process.poll() is None  # left running for the runs after it
+    finally:
+        running.stop()
+    started = sizes[0][1].process
+    assert started is None or started.poll() is not None  # the one it started, it stopped
+    assert [(row["accounts"], row["requests"], len(row["rounds"])) for row in rows] == [(600, 600, 4), (1400, 600, 4)]
+    assert all(min(row["rounds"]) <= row["p50_us"] <= max(row["rounds"]) for row in rows)
+
+    def row(accounts: int, p50_us: float, requests: int = 900) -> dict:
+        return {"accounts": accounts, "p50_us": p50_us, "requests": requests}
+
+    name, value, met = bench.flatness([row(1, 900.0, requests=1), row(1000, 500.0), row(10**6, 590.0)])
+    assert met and "from 1,000 to 1,000,000" in name and "(+18%)" in value and "1.18x" in value
+    assert not bench.flatness([row(1000, 620.0), row(10**6, 500.0)])[2]  # either way round
+    assert bench.flatness([row(1000, 500.0), row(10**6, 500.0, requests=499)]) is None
+
+
 @pytest.mark.parametrize("durable", [False, True])
 def test_the_floor_server_answers_like_a_daemon_and_syncs_when_asked(tmp_path, durable) -> None:
     from totpd.protocol import HEADER_SIZE, MAX_REPLY_PAYLOAD, decode_reply, encode_request, parse_header
