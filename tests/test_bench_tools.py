@@ -147,6 +147,31 @@ def test_latency_at_each_size_is_measured_in_turns_and_judged_on_medians(tools, 
     assert bench.flatness([row(1000, 500.0), row(10**6, 500.0, requests=499)]) is None
 
 
+def test_pam_rounds_pool_into_one_row_and_ratios_are_medians_of_the_rounds() -> None:
+    """The PAM modules take turns (bench_pam): a row sums its rounds and takes its
+    percentiles over every transaction; a ratio to a peer pairs rounds, then takes the
+    median, so one slow round of either side cannot decide a target."""
+
+    def run(per_second: float, latencies: list[float], refused: dict | None = None, checked: bool = True) -> dict:
+        count = len(latencies)
+        ok = count - sum((refused or {}).values())
+        return {"transactions": count, "ok": ok, "seconds": count / per_second, "replayed": ok, "replayed_accepted": 0,
+                "accounts": count, "refused": refused or {}, "per_second": per_second,
+                "p50_ms": sorted(latencies)[count // 2] / 1000, "latencies_us": latencies, "replay_checked": checked}
+
+    totpd = bench.pool("totpd", 8, [run(100.0, [1000.0] * 4), run(300.0, [3000.0] * 4), run(200.0, [2000.0] * 4)])
+    assert (totpd["transactions"], totpd["ok"], totpd["accounts"]) == (12, 12, 12)
+    assert totpd["per_second"] == pytest.approx(12 / (0.04 + 4 / 300 + 0.02))
+    assert (totpd["p50_ms"], totpd["p99_ms"]) == (2.0, 3.0)
+    assert totpd["replay_checked"] and "latencies_us" not in totpd
+    peer = bench.pool("oath", 8, [run(50.0, [500.0] * 4, {"PAM_AUTH_ERR": 1}), run(100.0, [500.0] * 4),
+                                  run(400.0, [500.0] * 4, {"PAM_AUTH_ERR": 2}, checked=False)])
+    assert peer["refused"] == {"PAM_AUTH_ERR": 3} and peer["ok"] == 9 and not peer["replay_checked"]
+    # per round: 100/50 = 2, 300/100 = 3, 200/400 = 0.5 -> median 2; the pooled rows would say 1.77
+    assert bench.round_ratio(totpd, peer, "per_second") == 2.0
+    assert bench.round_ratio(totpd, peer, "p50_ms") == 4.0  # 1/0.5, 3/0.5, 2/0.5
+
+
 @pytest.mark.parametrize("durable", [False, True])
 def test_the_floor_server_answers_like_a_daemon_and_syncs_when_asked(tmp_path, durable) -> None:
     from totpd.protocol import HEADER_SIZE, MAX_REPLY_PAYLOAD, decode_reply, encode_request, parse_header
