@@ -293,6 +293,7 @@ class PamModules:
             (self.confdir / service).write_text(line + "\n")
         (self.confdir / "other").write_text("auth required pam_deny.so\naccount required pam_deny.so\n")
         self.serial = 0
+        self.disk: list[float] = []  # fsync_probe before each round of bench_pam
 
     def provision(self, module: str, count: int) -> list[str]:
         """Fresh accounts for one run: totpd through `totpctl import tsv`, google-authenticator
@@ -316,6 +317,9 @@ class PamModules:
             fd = os.open(self.oath_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             os.write(fd, "".join(oath_line(user) for user in users).encode())
             os.close(fd)
+        # Written back now, not by the kernel during the timed run: google-authenticator's
+        # thousand fresh secret files would otherwise be flushed while it logs in.
+        os.sync()
         return users
 
     def run(self, module: str, count: int, processes: int) -> dict:
@@ -346,6 +350,7 @@ def bench_pam(modules: PamModules, sequential: int, concurrent: int, rounds: int
     parts: dict[tuple[str, int], list[dict]] = {}
     names = ["totpd", "google", "oath"]
     for number in range(rounds):
+        modules.disk.append(fsync_probe(modules.top))
         for module in names[number % len(names):] + names[:number % len(names)]:
             for processes, count in ((1, sequential), (PAM_CONCURRENCY, concurrent)):
                 share = count // rounds + (1 if number < count % rounds else 0)
@@ -356,6 +361,26 @@ def bench_pam(modules: PamModules, sequential: int, concurrent: int, rounds: int
                       f" refused {row['refused']} replay-accepted {row['replayed_accepted']}"
                       f"{'' if row['replay_checked'] else ' (replay check late!)'}", flush=True)
     return [pool(module, clients, parts[(module, clients)]) for module in names for clients in (1, PAM_CONCURRENCY)]
+
+
+def fsync_probe(directory: Path, count: int = 50) -> float:
+    """The disk's state now: the median microseconds of a 4 KiB pwrite + fdatasync.
+    On this shared machine it moves 2-3x over minutes (busy neighbours, write-back
+    after large writes), and google-authenticator, one fsync per login, feels it more
+    than a daemon with one per batch of logins."""
+    path = directory / "fsync-probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    block, times = bytes(4096), []
+    try:
+        for index in range(count):
+            start = time.perf_counter_ns()
+            os.pwrite(fd, block, (index % 16) * 4096)
+            os.fdatasync(fd)
+            times.append((time.perf_counter_ns() - start) / 1000)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return statistics.median(times)
 
 
 def pool(module: str, clients: int, rounds: list[dict]) -> dict:
@@ -444,6 +469,7 @@ def bench_scale(top: Path, daemon: DaemonProcess, accounts: Accounts, sizes: lis
         bulk_enroll(daemon, accounts.count, size - accounts.count)
         accounts.grow(size)
         fill = time.monotonic() - started
+        os.sync()  # the insert's write-back now, not during the runs that follow
         daemon.start(timeout=60)
         # one code per account for the 1-client run, so the 64-client run still has
         # fresh codes (the next step) at every size
@@ -518,6 +544,7 @@ def oath_at_scale(pam: PamModules, size: int) -> dict:
     with os.fdopen(fd, "w") as out:
         for start in range(0, size, 100_000):
             out.write("".join(oath_line(f"o{i}") for i in range(start, min(size, start + 100_000))))
+    os.sync()
     step = current_step()
     codes = pam.top / "codes.txt"
     # spread the logins over the file: the cost of finding a user depends on where it is
@@ -567,7 +594,7 @@ def fmt_ms(us: float) -> str:
 
 
 def report(args: argparse.Namespace, pam_rows: list[dict], floor: list[dict], matrix: list[dict], scale: list[dict],
-           side: list[dict], prof: tuple[dict, list] | None) -> bool:
+           side: list[dict], disk: dict[str, list[float]], prof: tuple[dict, list] | None) -> bool:
     """Print the one table (Markdown) and the targets; True when every run was clean."""
     clean = True
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
@@ -660,6 +687,10 @@ def report(args: argparse.Namespace, pam_rows: list[dict], floor: list[dict], ma
             ratio = row["per_second"] / by[("google", row["clients"])]["per_second"]
             print(f"- ceiling, {row['clients']} PAM clients: a bare Python server with one fdatasync per batch"
                   f" (bench/floor_server.py) made {ratio:.2f}x google-authenticator's logins/s in this run")
+    for phase, label in (("pam", "before each PAM round"), ("daemon", "before the daemon runs")):
+        if disk.get(phase):
+            print(f"- the disk {label}: 4 KiB pwrite + fdatasync, median"
+                  f" {', '.join(f'{us:.0f}' for us in disk[phase])} us (bench.fsync_probe)")
     for row in pam_rows:
         if row["module"] != "totpd" and (row["ok"] < row["transactions"] or row["replayed_accepted"]):
             print(f"- peer pam_{row['module']}, {row['clients']} client(s): {row['transactions'] - row['ok']} of"
@@ -693,6 +724,7 @@ def inside(args: argparse.Namespace) -> int:
     only = set(args.only.split(","))
     sizes = [int(size) for size in args.scale.split(",")]
     pam_rows, floor, matrix, scale, side, prof = [], [], [], [], [], None
+    disk: dict[str, list[float]] = {}  # fsync_probe medians, before each PAM round and the daemon runs
     daemons: list[DaemonProcess] = []
     try:
         pam = None
@@ -702,6 +734,7 @@ def inside(args: argparse.Namespace) -> int:
             pam = PamModules(top / "pam", pam_daemon)
             if "pam" in only:
                 pam_rows = bench_pam(pam, args.pam_sequential, args.pam_concurrent)
+                disk["pam"] = pam.disk
                 floor = bench_floor(pam, args.pam_concurrent)
             pam_daemon.stop()
         daemon = DaemonProcess(top / "daemon", **DAEMON_SETTINGS)
@@ -714,6 +747,7 @@ def inside(args: argparse.Namespace) -> int:
             accounts.grow(sizes[-1])
             daemon.start(timeout=60)
         if "daemon" in only:
+            disk["daemon"] = [fsync_probe(top)]
             for mode in ("persistent", "new"):
                 for clients in CLIENT_COUNTS:
                     row = daemon_run(daemon, accounts, top, clients, mode, args.seconds)
@@ -729,10 +763,10 @@ def inside(args: argparse.Namespace) -> int:
         sink.terminate()
         absorbed = sink.communicate()[0].strip()
     print(f"\n/dev/log (bench/logsink) absorbed {absorbed.split('=')[-1]} syslog messages")
-    clean = report(args, pam_rows, floor, matrix, scale, side, prof)
+    clean = report(args, pam_rows, floor, matrix, scale, side, disk, prof)
     if args.json:
         Path(args.json).write_text(json.dumps({"pam": pam_rows, "floor": floor, "daemon": matrix, "scale": scale,
-                                               "side_by_side": side,
+                                               "side_by_side": side, "disk_fsync_us": disk,
                                                "profile": prof[1:] if prof else None}, indent=1, default=str))
     return 0 if clean else 1
 

@@ -172,6 +172,11 @@ def test_pam_rounds_pool_into_one_row_and_ratios_are_medians_of_the_rounds() -> 
     assert bench.round_ratio(totpd, peer, "p50_ms") == 4.0  # 1/0.5, 3/0.5, 2/0.5
 
 
+def test_the_disk_probe_times_real_syncs_and_leaves_nothing_behind(tmp_path) -> None:
+    median = bench.fsync_probe(tmp_path, count=5)
+    assert 0 < median < 5_000_000 and list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("durable", [False, True])
 def test_the_floor_server_answers_like_a_daemon_and_syncs_when_asked(tmp_path, durable) -> None:
     from totpd.protocol import HEADER_SIZE, MAX_REPLY_PAYLOAD, decode_reply, encode_request, parse_header
