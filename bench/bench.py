@@ -469,7 +469,7 @@ def bench_scale(top: Path, daemon: DaemonProcess, accounts: Accounts, sizes: lis
         bulk_enroll(daemon, accounts.count, size - accounts.count)
         accounts.grow(size)
         fill = time.monotonic() - started
-        os.sync()  # the insert's write-back now, not during the runs that follow
+        os.sync()  # the copy above (copytree does not sync) written back now, not during the runs that follow
         daemon.start(timeout=60)
         # one code per account for the 1-client run, so the 64-client run still has
         # fresh codes (the next step) at every size
