@@ -88,9 +88,12 @@ def _grouped(secret: str) -> str:
 
 
 def _write_private(path: str, writer: Any) -> None:
-    """QR images carry the secret: write them 0600, never through a world-readable window."""
+    """QR images carry the secret: a new file, 0600, never an existing one or a symlink
+    (a user could have planted either where an administrator writes)."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        _fail(f"{path}: already exists (or is a symlink); not overwritten: name a new file", EXIT_USAGE)
     except OSError as exc:
         _fail(f"{path}: cannot write: {exc.strerror}", EXIT_USAGE)
     with os.fdopen(fd, "wb") as handle:
@@ -280,7 +283,7 @@ def cmd_recovery_codes(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    code = args.code if args.code != "-" else sys.stdin.readline().strip()
+    code = args.code if args.code not in (None, "-") else _ask("Code: ")
     reply = _call(args, "verify", ok=("ACCEPTED",), user=args.user, code=code, service="totpctl")
     if args.json:
         print(json.dumps({"user": args.user, "accepted": True}))
@@ -381,7 +384,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     confirm = sub.add_parser("confirm", parents=[common], help="confirm a pending enrollment with a first code")
     confirm.add_argument("user", nargs="?", metavar="USER")
-    confirm.add_argument("code", nargs="?", metavar="CODE", help="the code (- or left out: asked for)")
+    confirm.add_argument(
+        "code", nargs="?", metavar="CODE",
+        help="the code (- or left out: asked for without echo, or read from stdin; a code in argv shows in ps)",
+    )
     confirm.set_defaults(func=cmd_confirm)
 
     status = sub.add_parser("status", parents=[common], help="show an account's state")
@@ -428,7 +434,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     verify = sub.add_parser("verify", parents=[common], help="check a code (counts as a login attempt)")
     verify.add_argument("user", metavar="USER")
-    verify.add_argument("code", metavar="CODE", help="the code, or - to read it from stdin (keeps it out of ps)")
+    verify.add_argument(
+        "code", nargs="?", metavar="CODE",
+        help="the code (- or left out: asked for without echo, or read from stdin; a code in argv shows in ps)",
+    )
     verify.set_defaults(func=cmd_verify)
 
     from .doctor import add_parser as add_doctor  # its own module: checks, exit codes, --help text
