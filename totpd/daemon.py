@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import errno
 import gc
 import grp
@@ -40,6 +41,7 @@ from .protocol import (
     encode_reply,
     parse_header,
 )
+from .files import directory_problem, parent
 from .sealing import Sealer, load_credential, load_key
 from .service import Caller, Service, Session, internal_error, key_check
 from .store import StoreOptions, is_postgres, open_store
@@ -47,6 +49,7 @@ from .store import StoreOptions, is_postgres, open_store
 log = logging.getLogger("totpd")
 
 SD_LISTEN_FDS_START = 3
+PR_SET_DUMPABLE = 4  # <linux/prctl.h>
 SHUTDOWN_GRACE = 10.0
 # How far a client may pipeline ahead of the request being answered before reading pauses.
 READ_AHEAD = 64 * 1024
@@ -94,7 +97,9 @@ def systemd_socket() -> socket.socket | None:
 
 def bind_socket(config: Config) -> socket.socket:
     path = config.socket
-    os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o755, exist_ok=True)
+    os.makedirs(parent(path), mode=0o755, exist_ok=True)
+    if problem := directory_problem(parent(path), "the socket"):
+        raise TotpdError(problem)
     with contextlib.suppress(FileNotFoundError):
         info = os.lstat(path)
         if not stat.S_ISSOCK(info.st_mode):
@@ -117,16 +122,39 @@ def bind_socket(config: Config) -> socket.socket:
         raise TotpdError(f"{path}: cannot bind the socket: {exc.strerror}") from None
     finally:
         os.umask(old_umask)
+    gid = -1
     if config.socket_group:
         try:
             gid = grp.getgrnam(config.socket_group).gr_gid
         except KeyError:
             sock.close()
             raise TotpdError(f"{config.path}: key 'socket_group' names no group '{config.socket_group}'") from None
-        os.chown(path, -1, gid)
-    os.chmod(path, config.socket_mode)
+    try:
+        _set_owner_and_mode(path, gid, config.socket_mode)
+    except BaseException:
+        sock.close()
+        raise
     sock.listen(512)
     return sock
+
+
+def _set_owner_and_mode(path: str, gid: int, mode: int) -> None:
+    """chown and chmod the socket just bound at `path`, never a symlink put in its place:
+    both go through a descriptor of the path itself (O_PATH|O_NOFOLLOW), checked to be a socket."""
+    try:
+        fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise TotpdError(f"{path}: cannot open the socket just bound: {exc.strerror}") from None
+    try:
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            raise TotpdError(f"{path}: replaced by something that is not a socket while binding; check the directory")
+        itself = f"/proc/self/fd/{fd}"  # the inode fd holds, whatever the path now names
+        os.chown(itself, -1, gid)
+        os.chmod(itself, mode)
+    except OSError as exc:
+        raise TotpdError(f"{path}: cannot set the socket's group and mode: {exc.strerror}") from None
+    finally:
+        os.close(fd)
 
 
 def start_eagerly(coroutine: Coroutine[object, object, None], loop: asyncio.AbstractEventLoop) -> None:
@@ -544,13 +572,23 @@ def raise_descriptor_limit(config: Config) -> None:
         )
 
 
+def no_core_dumps() -> None:
+    """Neither a core dump nor a same-uid ptrace may read the master key or an open secret."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        raise TotpdError(f"prctl(PR_SET_DUMPABLE, 0) failed: {os.strerror(ctypes.get_errno())}")
+
+
 def run(config: Config) -> None:
+    no_core_dumps()
     os.umask(0o077)
     raise_descriptor_limit(config)
     sealer = Sealer(master_key(config))
     store = open_store(config.database, key_check(sealer), store_options(config))
     notifier = None
     audit = Audit(config.audit)
+    service = None
     try:
         service = Service(config, store, sealer, audit)
         if config.smtp is not None:
@@ -563,6 +601,8 @@ def run(config: Config) -> None:
         asyncio.run(Daemon(config, service).serve(sock, owns_path=handed_over is None))
     finally:
         audit.flush()
+        if service is not None:
+            service.close()
         if notifier is not None:
             notifier.close()
         store.close()

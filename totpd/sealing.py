@@ -14,7 +14,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .errors import SealingError
-from .files import private_file_problem
+from .files import directory_problem, parent, private_file_problem
 
 KEY_BYTES = 32
 NONCE_BYTES = 12
@@ -43,6 +43,8 @@ class Sealer:
 
 def load_key(path: str, create: bool) -> bytes:
     """Read the master key; create it (0600, 32 random bytes) when `create` and it is missing."""
+    if problem := directory_problem(parent(path), "the master key"):
+        raise SealingError(problem)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except FileNotFoundError:

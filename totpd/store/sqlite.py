@@ -19,7 +19,7 @@ import threading
 from typing import Callable, TypeVar
 
 from ..errors import StoreError, StoreUnavailable
-from ..files import private_file_problem
+from ..files import directory_problem, parent, private_file_problem
 from . import SCHEMA_VERSION, Account, Outcome, Store, StoreAbsent, Transaction, resolve
 
 T = TypeVar("T")
@@ -237,6 +237,8 @@ class SQLiteStore(Store):
         self._prefill = prefill_wal
         if not create and not os.path.exists(path):
             raise StoreAbsent(f"{path}: no such database")
+        if problem := directory_problem(parent(path), "the database"):
+            raise StoreError(problem)
         _create_private_file(path)
         if problem := private_file_problem(os.stat(path), "the database"):
             raise StoreError(f"{path}: {problem}")
