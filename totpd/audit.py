@@ -25,7 +25,9 @@ _LEVELS = {"info": syslog.LOG_INFO, "notice": syslog.LOG_NOTICE, "warning": sysl
 _PLAIN = re.compile(r"[A-Za-z0-9._@:+-]+")
 
 
-def _quote(value: object) -> str:
+def quote(value: object) -> str:
+    """`value` as one token of a log line: plain as it is, else quoted with every
+    control character escaped, so a hostile name cannot forge a line or a field."""
     text = str(value)
     if _PLAIN.fullmatch(text):
         return text
@@ -53,18 +55,19 @@ class Audit:
         result: str,
         *,
         user: str = "",
+        given: str = "",
         service: str = "",
         rhost: str = "",
         uid: int | None = None,
         level: str = "info",
         detail: str = "",
     ) -> None:
-        fields = [("event", event), ("user", user), ("service", service), ("rhost", rhost)]
+        fields = [("event", event), ("user", user), ("given", given), ("service", service), ("rhost", rhost)]
         fields.append(("uid", "" if uid is None else uid))
         fields.append(("result", result))
         if detail:
             fields.append(("detail", detail))
-        line = "audit " + " ".join(f"{key}={_quote(value)}" for key, value in fields if value != "")
+        line = "audit " + " ".join(f"{key}={quote(value)}" for key, value in fields if value != "")
         if self._syslog:
             syslog.syslog(_LEVELS.get(level, syslog.LOG_INFO), line)
             return

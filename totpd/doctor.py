@@ -29,7 +29,8 @@ from typing import Callable, Iterable
 from . import __version__, clock, config as config_module, pamstack
 from .client import Client
 from .errors import ClientError, ConfigError
-from .policy import Policy, groups_of, local_today
+from .identity import groups_of
+from .policy import Policy, local_today
 from .protocol import MAX_LIST_LIMIT
 from .store import is_postgres
 

@@ -33,5 +33,9 @@ class StoreUnavailable(StoreError):
     """A transient store failure: the decision cannot be made now (fail closed)."""
 
 
+class BusyError(TotpdError):
+    """Too much work of one kind is already waiting: the caller should try again."""
+
+
 class ClientError(TotpdError):
     """totpctl could not get an answer from the daemon."""

@@ -16,6 +16,7 @@ import socket
 import ssl
 import threading
 
+from .audit import quote
 from .config import SmtpConfig
 
 log = logging.getLogger("totpd")
@@ -60,7 +61,7 @@ class Notifier:
         user = str(fields.get("user", ""))
         with self._lock:
             if self._pending >= MAX_PENDING:
-                log.warning("notification for '%s' (%s) dropped: %d mails already waiting", user, key, MAX_PENDING)
+                log.warning("notification for %s (%s) dropped: %d mails already waiting", quote(user), key, MAX_PENDING)
                 return
             self._pending += 1
         self._pool.submit(self._send, key, user, dict(fields), datetime.datetime.now(datetime.timezone.utc))
@@ -89,7 +90,7 @@ class Notifier:
         try:
             address = self.address(user)
             if address is None:
-                log.info("no mail address for '%s'; %s notification not sent", user, key)
+                log.info("no mail address for %s; %s notification not sent", quote(user), key)
                 return
             rhost = str(fields.get("rhost") or "")
             service = str(fields.get("service") or "")
@@ -105,9 +106,9 @@ class Notifier:
                 "If this was not you or your administrator, tell your administrator now.\n"
             )
             self._deliver(message)
-            log.info("notification %s for '%s' sent", key, user)
+            log.info("notification %s for %s sent", key, quote(user))
         except (OSError, smtplib.SMTPException) as exc:
-            log.warning("notification %s for '%s' not sent: %s", key, user, exc)
+            log.warning("notification %s for %s not sent: %s", key, quote(user), exc)
         finally:
             with self._lock:
                 self._pending -= 1

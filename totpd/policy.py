@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import math
-import os
 from typing import Callable
 
 from .config import Config, ServicePolicy
@@ -160,21 +159,3 @@ class RememberedHosts:
     def forget(self, user: str) -> None:
         for key in [key for key in self._until if key[0] == user]:
             del self._until[key]
-
-
-def groups_of(user: str) -> frozenset[str]:
-    """Names of the account's primary and supplementary groups (NSS: files, LDAP, SSSD)."""
-    import grp
-    import pwd
-
-    try:
-        entry = pwd.getpwnam(user)
-    except (KeyError, UnicodeEncodeError, ValueError):
-        return frozenset()
-    names = set()
-    for gid in os.getgrouplist(entry.pw_name, entry.pw_gid):
-        try:
-            names.add(grp.getgrgid(gid).gr_name)
-        except KeyError:
-            continue
-    return frozenset(names)

@@ -61,6 +61,9 @@ _ALLOWED = {verb: required | optional for verb, (required, optional) in VERBS.it
 class Request:
     verb: str
     fields: dict[str, str]
+    # The account name as the client spelled it, where the service resolved it to
+    # another (totpd/identity.py); never read from the wire.
+    as_given: str = ""
 
     def get(self, key: str, default: str = "") -> str:
         return self.fields.get(key, default)

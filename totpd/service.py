@@ -11,29 +11,33 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-import grp
 import hmac
 import json
 import logging
-import os
-import pwd
 import re
 import time
-from typing import Callable, Coroutine
+from typing import Callable, Coroutine, NamedTuple, Sequence
 
-from . import __version__, clock, otp, recovery
-from .audit import Audit
+from . import __version__, clock, identity, otp, recovery
+from .audit import Audit, quote
 from .config import Config
-from .errors import ProtocolError, SealingError, StoreError
-from .policy import Policy, RememberedHosts, groups_of, local_today
+from .errors import BusyError, ProtocolError, SealingError, StoreError
+from .policy import Policy, RememberedHosts, local_today
 from .protocol import MAX_LIST_LIMIT, MAX_MESSAGE, MAX_REPLY_PAYLOAD, Reply, Request
 from .sealing import Sealer
 from .store import Account, Outcome, Store, Transaction, resolve
+from .workers import Worker
 
 log = logging.getLogger("totpd")
 
 DEFAULT_PROMPT = "Verification code: "
-DRIFT_SEARCH = 10  # steps either side searched, on a failure only, to log a likely clock drift
+# Keys that describe a PAM login. Believed only from a root caller on the socket (the
+# PAM module inside sshd or sudo); any other caller's are dropped before use.
+PAM_CONTEXT = ("service", "rhost", "tty")
+# Threads and waiting jobs per worker: NSS lookups may wait on a directory service;
+# argon2 is CPU work any local user can ask for, so it gets one thread of its own.
+NSS_THREADS, NSS_WAITING = 4, 1024
+ARGON2_THREADS, ARGON2_WAITING = 1, 32
 LIST_REPLY_BUDGET = MAX_REPLY_PAYLOAD - 1024  # room for the status line and the other keys
 KEY_CHECK = b"totpd master key check"
 
@@ -60,6 +64,16 @@ class Staged:
 
 
 MAX_STAGED = 1_000_000
+
+
+class Judged(NamedTuple):
+    """A verification's verdict, the account as its transaction read it, and what follows."""
+
+    verdict: str
+    account: Account | None
+    offset: int = 0  # accepted: the code's time step less this host's
+    miss: str = ""  # try_recovery: the verdict (already counted) if no recovery code matches
+    hashes: Sequence[tuple[int, str]] = ()  # try_recovery: the account's recovery-code hashes
 
 
 class Session:
@@ -190,6 +204,8 @@ class Service:
         self.clock = clock
         self.remembered = RememberedHosts(clock)
         self._batcher = Batcher(store)
+        self._nss = Worker("nss", NSS_THREADS, NSS_WAITING)
+        self._argon2 = Worker("argon2", ARGON2_THREADS, ARGON2_WAITING)
         self._tasks: set[asyncio.Task] = set()  # handle_now's slow paths in progress
         # Called with (event, fields) after an event is durable: enrolled, reset,
         # recovery_code_used, locked, unlocked. Notifications and D-Bus signals listen.
@@ -204,21 +220,42 @@ class Service:
 
     # -- entry point -----------------------------------------------------------------
 
+    def close(self) -> None:
+        self._nss.close()
+        self._argon2.close()
+
     async def handle(self, request: Request, caller: Caller, session: Session | None = None) -> Reply:
         handler = getattr(self, "_" + request.verb)
         try:
+            request = await self._identify(request, caller)
             if request.verb.startswith("import_"):
                 if session is None:
                     return _reply("BAD_REQUEST", "imports need a socket connection")
                 return await handler(request, caller, session)
             return await handler(request, caller)
-        except (ProtocolError, StoreError, SealingError) as exc:
+        except (ProtocolError, StoreError, SealingError, BusyError) as exc:
             return self._refusal(request, caller, exc)
 
+    async def _identify(self, request: Request, caller: Caller) -> Request:
+        """The request as every handler sees it: its account name canonical (identity.py),
+        and the PAM context kept only from a root caller on the socket (PAM_CONTEXT)."""
+        fields = request.fields
+        if caller.granted is None and caller.uid != 0 and not fields.keys().isdisjoint(PAM_CONTEXT):
+            fields = {key: value for key, value in fields.items() if key not in PAM_CONTEXT}
+        given = request.user
+        if given and self.config.check_accounts:
+            name = await self._nss.run(identity.canonical, given)
+            if name != given:
+                return Request(request.verb, {**fields, "user": name}, as_given=given)
+        return request if fields is request.fields else Request(request.verb, fields)
+
     def _refusal(self, request: Request, caller: Caller, exc: BaseException) -> Reply:
-        """The reply for a request that raised: BAD_REQUEST, or UNAVAILABLE (fail closed)."""
+        """The reply for a request that raised: BAD_REQUEST, BUSY, or UNAVAILABLE (fail closed)."""
         if isinstance(exc, ProtocolError):
             return _reply("BAD_REQUEST", str(exc))
+        if isinstance(exc, BusyError):
+            log.warning("busy: %s; refusing '%s' from uid %d", exc, request.verb, caller.uid)
+            return _reply("BUSY", "The two-factor service is busy; try again.")
         if isinstance(exc, (StoreError, SealingError)):  # with a line that says why
             log.error("cannot decide %s: %s", request.verb, exc)
             self._audit(request, caller, request.verb, "unavailable", level="warning")
@@ -237,8 +274,8 @@ class Service:
         coroutine, its future and their loop turns cost about as much as the rest of a
         check (docs/performance.md). `done` is called exactly once.
         """
-        if request.verb not in ("check", "verify") or not _admin_without_lookup(caller):
-            return False
+        if request.verb not in ("check", "verify") or not _admin_without_lookup(caller) or self.config.check_accounts:
+            return False  # a lookup is needed (authority or identity): `handle` awaits it
         now = self.clock()
         if request.verb == "check":
             continue_check = self._continue_check
@@ -248,13 +285,13 @@ class Service:
 
             self._batcher.call(self._check_unit(request.user), settle)
         else:
-            code, drift = request.get("code").strip(), []
+            code = request.get("code").strip()
             continue_verify = self._continue_verify
 
             def settle(judged: object, error: BaseException | None) -> None:
-                self._settle_now(request, caller, done, error, continue_verify, judged, code, now, drift)
+                self._settle_now(request, caller, done, error, continue_verify, judged, code, now)
 
-            self._batcher.call(self._totp_unit(request.user, code, now, drift), settle)
+            self._batcher.call(self._totp_unit(request.user, code, now), settle)
         return True
 
     def _settle_now(
@@ -296,6 +333,7 @@ class Service:
             event,
             result,
             user=request.user,
+            given=request.as_given,
             service=request.get("service"),
             rhost=request.get("rhost"),
             uid=caller.uid,
@@ -314,12 +352,12 @@ class Service:
             return True
         if not self.config.admin_group:
             return False
-        return await asyncio.to_thread(_in_group, caller.uid, caller.gid, self.config.admin_group)
+        return await self._nss.run(identity.in_group, caller.uid, caller.gid, self.config.admin_group)
 
     async def _is_self(self, caller: Caller, user: str) -> bool:
         if caller.granted == "none":
             return False
-        entry = await asyncio.to_thread(_lookup, user)
+        entry = await self._nss.run(identity.lookup, user)
         return entry is not None and entry.pw_uid == caller.uid
 
     async def _authorize(self, request: Request, caller: Caller, allow_self: bool) -> Reply | None:
@@ -334,7 +372,7 @@ class Service:
     async def _account_exists(self, user: str) -> bool:
         if not self.config.check_accounts:
             return True
-        return await asyncio.to_thread(_lookup, user) is not None
+        return await self._nss.run(identity.lookup, user) is not None
 
     # -- verbs -----------------------------------------------------------------------
 
@@ -363,7 +401,7 @@ class Service:
         if account.locked or now < account.locked_until:
             self._audit(request, caller, "check", "locked")
             return _reply("LOCKED", self.policy.locked_message(user, account.locked, account.locked_until, now))
-        if self.remembered.recalls(user, request.get("service"), request.get("rhost")):
+        if _pam_caller(caller) and self.remembered.recalls(user, request.get("service"), request.get("rhost")):
             self._audit(request, caller, "check", "accepted_remembered_host")
             return _reply("ACCEPTED")
         return _reply("NEED_CODE", prompt=DEFAULT_PROMPT)
@@ -373,7 +411,7 @@ class Service:
             self._audit(request, caller, event, "unknown_user")
             return _reply("UNKNOWN_USER")
         rules = self.policy.rules(request.get("service"))
-        groups = await asyncio.to_thread(groups_of, request.user) if rules.needs_groups else frozenset()
+        groups = await self._nss.run(identity.groups_of, request.user) if rules.needs_groups else frozenset()
         outcome = self.policy.unenrolled(rules, request.user, groups, local_today(self.clock()))
         self._audit(request, caller, event, "not_enrolled_" + outcome.status.lower())
         return _reply(outcome.status, outcome.message)
@@ -382,75 +420,65 @@ class Service:
         if refusal := await self._authorize(request, caller, allow_self=True):
             return refusal
         user, code, now = request.user, request.get("code").strip(), self.clock()
-        drift: list[int] = []
-        judged = await self._transact(self._totp_unit(user, code, now, drift))
-        outcome = self._continue_verify(request, caller, judged, code, now, drift)
+        judged = await self._transact(self._totp_unit(user, code, now))
+        outcome = self._continue_verify(request, caller, judged, code, now)
         return outcome if isinstance(outcome, Reply) else await outcome
 
-    def _totp_unit(
-        self, user: str, code: str, now: float, drift: list[int]
-    ) -> Callable[[Transaction], tuple[str, Account | None]]:
-        """The one transaction that judges a TOTP code: the verdict, and the account as read.
+    def _totp_unit(self, user: str, code: str, now: float) -> Callable[[Transaction], Judged]:
+        """The one transaction that judges a code as a TOTP code.
 
-        A code that could not be a TOTP code is left to the recovery codes; a code
-        outside the window is a failure, and one found within DRIFT_SEARCH steps is
-        noted in `drift` (for a log line about clocks).
+        A code that could not be a TOTP code is left to the recovery codes: it is
+        counted as a failure here, before any argon2 work, so the throttle bounds that
+        work as it bounds guesses (a recovery code that matches clears the count).
         """
         window = self.config.window
 
-        def judge_totp(tx: Transaction) -> tuple[str, Account | None]:
+        def judge_totp(tx: Transaction) -> Judged:
             account = tx.get(user)
             if barred := _barred(account, now):
-                return barred, account
+                return Judged(barred, account)
             assert account is not None
             params = _params_of(account)
             if not otp.looks_like_totp(code, params):
-                return "try_recovery", account
+                miss = self._fail(tx, account, now)
+                return Judged("try_recovery", account, miss=miss, hashes=tx.recovery_hashes(user))
             secret = self.sealer.open(account.secret or b"", secret_context(user))
             step = otp.match_step(secret, params, code, now, window)
             if step is None:
-                far = otp.match_step(secret, params, code, now, DRIFT_SEARCH)
-                if far is not None:
-                    drift.append(far - otp.time_step(now, params))
-                return self._fail(tx, account, now), account
-            if step <= account.last_step:
-                return "replayed", account
-            if not tx.advance_step(user, step):
-                return "replayed", account
-            return "accepted", account
+                return Judged(self._fail(tx, account, now), account)
+            if step <= account.last_step or not tx.advance_step(user, step):
+                return Judged("replayed", account)
+            return Judged("accepted", account, offset=step - otp.time_step(now, params))
 
         return judge_totp
 
     def _continue_verify(
-        self, request: Request, caller: Caller, judged: object, code: str, now: float, drift: list[int]
+        self, request: Request, caller: Caller, judged: object, code: str, now: float
     ) -> Reply | Coroutine[object, object, Reply]:
         """The verify's answer once its unit is committed: a reply, or the coroutine that
         finds it (a recovery code, an account that is not enrolled)."""
-        verdict, account = judged  # type: ignore[misc]
-        if verdict in ("try_recovery", "unenrolled"):
-            return self._verify_slowly(request, caller, verdict, code, now)
-        return self._verify_reply(request, caller, verdict, account, now, drift)
+        assert isinstance(judged, Judged)
+        if judged.verdict in ("try_recovery", "unenrolled"):
+            return self._verify_slowly(request, caller, judged, code, now)
+        return self._verify_reply(request, caller, judged, now)
 
-    async def _verify_slowly(self, request: Request, caller: Caller, verdict: str, code: str, now: float) -> Reply:
-        account = None
-        if verdict == "try_recovery":
-            verdict, account = await self._try_recovery(request.user, code, now)
-        if verdict == "unenrolled":
+    async def _verify_slowly(self, request: Request, caller: Caller, judged: Judged, code: str, now: float) -> Reply:
+        if judged.verdict == "try_recovery":
+            judged = await self._try_recovery(request.user, code, judged)
+        if judged.verdict == "unenrolled":
             return await self._unenrolled(request, caller, "verify")
-        return self._verify_reply(request, caller, verdict, account, now, [])
+        return self._verify_reply(request, caller, judged, now)
 
-    def _verify_reply(
-        self, request: Request, caller: Caller, verdict: str, account: Account | None, now: float, drift: list[int]
-    ) -> Reply:
+    def _verify_reply(self, request: Request, caller: Caller, judged: Judged, now: float) -> Reply:
         """What follows a verdict: the clock-drift line, remembered hosts, events, the audit line, the reply."""
-        user = request.user
-        if drift:
+        user, verdict = request.user, judged.verdict
+        if abs(judged.offset) >= 2:  # only an accepted code says where the phone's clock is
             log.warning(
-                "a code for '%s' matched %+d steps from now, outside the window: the phone's or this host's clock"
-                " is likely off", user, drift[0],
+                "an accepted code for %s was %+d steps from this host's clock: the phone's or this host's clock"
+                " is likely off", quote(user), judged.offset,
             )
         service, rhost = request.get("service"), request.get("rhost")
-        if verdict in ("accepted", "recovery_accepted"):
+        if verdict in ("accepted", "recovery_accepted") and _pam_caller(caller):
             self.remembered.remember(user, service, rhost, self.policy.rules(service).remember_host)
         elif verdict in ("rejected", "now_locked", "replayed"):
             self.remembered.forget(user)
@@ -458,7 +486,7 @@ class Service:
             self._emit("recovery_code_used", user=user, service=service, rhost=rhost)
         if verdict == "now_locked":
             self._emit("locked", user=user, service=service, rhost=rhost)
-        return self._verdict_reply(request, caller, "verify", verdict, account, now)
+        return self._verdict_reply(request, caller, "verify", verdict, judged.account, now)
 
     def _same_secret(self, account: Account | None, secret: bytes, user: str) -> bool:
         """Is `secret` the one the account already uses? Then enrolling it again must not
@@ -474,20 +502,22 @@ class Service:
         tx.set_failures(account.user, failures, locked_until, locked)
         return "now_locked" if locked else "rejected"
 
-    async def _try_recovery(self, user: str, code: str, now: float) -> tuple[str, Account | None]:
-        """A recovery code in place of a TOTP code: argon2 checks run off the store thread."""
-        hashes = await self._transact(lambda tx: tx.recovery_hashes(user))
-        found = await asyncio.to_thread(recovery.find, code, hashes)  # type: ignore[arg-type]
+    async def _try_recovery(self, user: str, code: str, judged: Judged) -> Judged:
+        """A recovery code in place of a TOTP code, its failure already counted (_totp_unit).
 
-        def consume(tx: Transaction) -> tuple[str, Account | None]:
+        The argon2 checks run on their own worker; a code that matches is consumed and
+        clears the failure count, one that does not leaves the verdict counted before.
+        """
+        found = await self._argon2.run(recovery.find, code, judged.hashes) if judged.hashes else None
+
+        def consume(tx: Transaction) -> Judged:
             account = tx.get(user)
-            if barred := _barred(account, now):
-                return barred, account
-            assert account is not None
+            if account is None or not account.active:
+                return Judged("unenrolled", account)  # reset meanwhile
             if found is not None and tx.use_recovery_code(user, found):
                 tx.set_failures(user, 0, 0.0, False)
-                return "recovery_accepted", account
-            return self._fail(tx, account, now), account
+                return Judged("recovery_accepted", account)
+            return Judged(judged.miss, account)
 
         return await self._transact(consume)  # type: ignore[return-value]
 
@@ -558,7 +588,7 @@ class Service:
         codes: list[str] = []
         hashes: list[str] = []
         if activate:
-            codes, hashes = await asyncio.to_thread(recovery.generate, self.config.recovery_codes)
+            codes, hashes = await self._argon2.run(recovery.generate, self.config.recovery_codes)
 
         def write(tx: Transaction) -> None:
             same = self._same_secret(tx.get(user), secret, user)
@@ -593,25 +623,37 @@ class Service:
         if refusal := await self._authorize(request, caller, allow_self=True):
             return refusal
         user, code, now = request.user, request.get("code").strip(), self.clock()
-        codes, hashes = await asyncio.to_thread(recovery.generate, self.config.recovery_codes)
 
-        def confirm(tx: Transaction) -> str:
+        def judge(tx: Transaction) -> tuple[str, int, bytes | None]:
+            """The cheap part first: a pending enrollment, no lock, the right code."""
             account = tx.get(user)
             if account is None or account.pending_secret is None:
-                return "no_pending"
+                return "no_pending", -1, None
             if account.locked or now < account.locked_until:
-                return "locked"
+                return "locked", -1, None
             params = _params_of(account, pending=True)
             secret = self.sealer.open(account.pending_secret, secret_context(user))
             step = otp.match_step(secret, params, code, now, self.config.window)
             if step is None:
-                return self._fail(tx, account, now)
-            tx.activate_pending(user, now, keep_replay_state=self._same_secret(account, secret, user))
-            tx.advance_step(user, step)
-            tx.replace_recovery_codes(user, hashes)
-            return "confirmed"
+                return self._fail(tx, account, now), -1, None
+            return "matched", step, account.pending_secret
 
-        verdict = await self._transact(confirm)
+        verdict, step, pending = await self._transact(judge)  # type: ignore[misc]
+        if verdict == "matched":
+            # Only a right code for a pending enrollment is worth the argon2 work.
+            codes, hashes = await self._argon2.run(recovery.generate, self.config.recovery_codes)
+
+            def activate(tx: Transaction) -> str:
+                account = tx.get(user)
+                if account is None or account.pending_secret != pending:
+                    return "no_pending"  # confirmed, replaced or reset meanwhile
+                secret = self.sealer.open(pending, secret_context(user))
+                tx.activate_pending(user, now, keep_replay_state=self._same_secret(account, secret, user))
+                tx.advance_step(user, step)
+                tx.replace_recovery_codes(user, hashes)
+                return "confirmed"
+
+            verdict = await self._transact(activate)
         self._audit(request, caller, "confirm", str(verdict))
         if verdict == "confirmed":
             self.remembered.forget(user)
@@ -704,7 +746,7 @@ class Service:
         if not await self._is_admin(caller) and not await self._prove(user, request.get("proof"), caller):
             self._audit(request, caller, "recovery_codes", "proof_rejected", level="warning")
             return _reply("REJECTED", "New recovery codes need a current code or a recovery code.")
-        codes, hashes = await asyncio.to_thread(recovery.generate, self.config.recovery_codes)
+        codes, hashes = await self._argon2.run(recovery.generate, self.config.recovery_codes)
         await self._transact(lambda tx: tx.replace_recovery_codes(user, hashes))
         self._audit(request, caller, "recovery_codes", "regenerated", level="warning")
         return _reply("OK", recovery_codes=" ".join(codes))
@@ -735,7 +777,7 @@ class Service:
         hashes = None
         if "recovery_codes" in request.fields:
             codes = request.get("recovery_codes").split()
-            hashes = await asyncio.to_thread(recovery.hash_codes, codes)
+            hashes = await self._argon2.run(recovery.hash_codes, codes)
         session.staged[user] = Staged(user, self.sealer.seal(secret, secret_context(user)), params, last_step, hashes)
         return _reply("OK", staged=len(session.staged))
 
@@ -746,7 +788,7 @@ class Service:
         staged, session.staged = list(session.staged.values()), {}
         force, dry_run = request.flag("force"), request.flag("dry_run")
         if self.config.check_accounts:
-            unknown = await asyncio.to_thread(lambda: [item.user for item in staged if _lookup(item.user) is None])
+            unknown = await self._nss.run(lambda: [item.user for item in staged if identity.lookup(item.user) is None])
             if unknown:
                 return _reply(
                     "UNKNOWN_USER",
@@ -792,6 +834,11 @@ class Service:
         )
 
 
+def _pam_caller(caller: Caller) -> bool:
+    """Is this the PAM module, whose service and rhost describe a real login? Root on the socket."""
+    return caller.granted is None and caller.uid == 0
+
+
 def _admin_without_lookup(caller: Caller) -> bool:
     """Is the caller an administrator by what it carries alone (Service._is_admin, less the group)?"""
     if caller.granted is not None:
@@ -831,19 +878,3 @@ def _int_field(request: Request, key: str, default: int) -> int:
     if not value.isascii() or not value.isdigit() or len(value) > 9:
         raise ProtocolError(f"'{key}' must be a whole number")
     return int(value)
-
-
-def _lookup(user: str) -> pwd.struct_passwd | None:
-    try:
-        return pwd.getpwnam(user)
-    except (KeyError, UnicodeEncodeError, ValueError):
-        return None
-
-
-def _in_group(uid: int, gid: int, group: str) -> bool:
-    try:
-        target = grp.getgrnam(group).gr_gid
-        name = pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return False
-    return target in os.getgrouplist(name, gid)
