@@ -22,7 +22,6 @@ import contextlib
 import io
 import json
 import logging
-import pwd
 from collections import Counter
 from typing import Any, Awaitable, Callable
 
@@ -30,7 +29,7 @@ from dbus_fast import BusType, DBusError, ErrorType, Message, MessageFlag, Messa
 from dbus_fast.aio import MessageBus
 from dbus_fast.service import PropertyAccess, ServiceInterface, dbus_method, dbus_property, dbus_signal
 
-from . import __version__
+from . import __version__, identity
 from .config import Config
 from .errors import ProtocolError
 from .protocol import HEADER_SIZE, MAX_REQUEST_PAYLOAD, Reply, decode_request, encode_request
@@ -335,7 +334,7 @@ class Api:
         """
         if uid == 0:
             return "any", None
-        own = msg.member in SELF_METHODS and user != "" and await asyncio.to_thread(_name_of, uid) == user
+        own = msg.member in SELF_METHODS and user != "" and await asyncio.to_thread(_is_own, uid, user)
         action = ACTION_OWN if own else ACTION_ANY
         interactive = bool(msg.flags & MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION)
         answer = await self._call_on_bus(
@@ -472,11 +471,10 @@ def _qr_png(uri: str) -> bytes:
     return buffer.getvalue()
 
 
-def _name_of(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return ""
+def _is_own(uid: int, user: str) -> bool:
+    """Does `user`, in any spelling NSS accepts (identity.py), name the account of `uid`?"""
+    entry = identity.lookup(user)
+    return entry is not None and entry.pw_uid == uid
 
 
 def _why(exc: BaseException) -> str:
