@@ -128,7 +128,7 @@ def bulk_enroll(daemon: DaemonProcess, first: int, count: int, prefix: str = "u"
     """Write accounts `prefix{first..first+count-1}` straight into the daemon's SQLite
     database (daemon stopped), sealed with its master key, as import_commit writes them."""
     from totpd.sealing import Sealer, load_key
-    from totpd.service import key_check, secret_context
+    from totpd.sealing import key_check, secret_context
     from totpd.store.sqlite import SQLiteStore
 
     Path(daemon.settings["database"]).parent.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -43,7 +43,8 @@ from totpd.config import Config  # noqa: E402
 from totpd.daemon import Daemon  # noqa: E402
 from totpd.protocol import HEADER_SIZE, Reply, encode_reply, encode_request  # noqa: E402
 from totpd.sealing import Sealer, load_key  # noqa: E402
-from totpd.service import Caller, Service, Session, key_check, secret_context  # noqa: E402
+from totpd.sealing import key_check, secret_context  # noqa: E402
+from totpd.service import Caller, Service, Session  # noqa: E402
 from totpd.store import StoreOptions, open_store  # noqa: E402
 
 ROOT = Caller(pid=1, uid=0, gid=0)  # sshd and sudo ask as root

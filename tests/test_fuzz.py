@@ -34,7 +34,8 @@ from totpd.protocol import (
     encode_reply, encode_request, parse_header,
 )
 from totpd.sealing import Sealer, load_key
-from totpd.service import Caller, Service, Session, key_check, secret_context
+from totpd.sealing import key_check, secret_context
+from totpd.service import Caller, Service, Session
 from totpd.store import open_store
 
 # The statuses of docs/protocol.md's table, and nothing else.

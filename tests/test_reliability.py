@@ -30,7 +30,7 @@ import wire
 from daemonproc import wrong_code
 from totpd.protocol import encode_request
 from totpd.sealing import Sealer, load_key
-from totpd.service import secret_context
+from totpd.sealing import secret_context
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "pam"))
 import pamdriver  # noqa: E402

@@ -18,19 +18,10 @@ from typing import Any, NoReturn
 
 from . import __version__
 from .client import DEFAULT_SOCKET, Client
-from .errors import ClientError
+from .errors import ClientError, Refused
 from .protocol import MAX_LIST_LIMIT, Reply
 
 EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
-
-
-class Refused(Exception):
-    """The daemon answered, and the answer was no."""
-
-    def __init__(self, reply: Reply, what: str) -> None:
-        detail = reply.message or reply.status.lower().replace("_", " ")
-        super().__init__(f"{what}: {detail}")
-        self.reply = reply
 
 
 def _fail(message: str, code: int) -> NoReturn:

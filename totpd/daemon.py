@@ -42,8 +42,8 @@ from .protocol import (
     parse_header,
 )
 from .files import directory_problem, parent
-from .sealing import Sealer, load_credential, load_key
-from .service import Caller, Service, Session, internal_error, key_check
+from .sealing import Sealer, key_check, load_credential, load_key
+from .service import Caller, Service, Session, internal_error
 from .store import StoreOptions, is_postgres, open_store
 
 log = logging.getLogger("totpd")

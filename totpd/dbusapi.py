@@ -31,7 +31,7 @@ from dbus_fast.service import PropertyAccess, ServiceInterface, dbus_method, dbu
 
 from . import __version__, identity
 from .config import Config
-from .errors import ProtocolError
+from .errors import CallRefused, ProtocolError
 from .protocol import HEADER_SIZE, MAX_REQUEST_PAYLOAD, Reply, decode_request, encode_request
 from .service import Caller, Service
 
@@ -75,15 +75,6 @@ INTERACTIVE_REQUIRED = ErrorType.INTERACTIVE_AUTHORIZATION_REQUIRED.value
 
 BOOLEAN_FIELDS = frozenset({"enrolled", "pending", "locked"})
 ENROLL_OPTIONS = {"algorithm": "s", "digits": "u", "period": "u", "force": "b", "proof": "s"}
-
-
-class CallRefused(Exception):
-    """A call answered with a D-Bus error before or after the service (name, one-line text)."""
-
-    def __init__(self, name: str, text: str) -> None:
-        super().__init__(text)
-        self.name = name
-        self.text = text
 
 
 class TotpdInterface(ServiceInterface):

@@ -28,7 +28,7 @@ from typing import Callable, Iterable
 
 from . import __version__, clock, config as config_module, pamstack
 from .client import Client
-from .errors import ClientError, ConfigError
+from .errors import CannotRun, ClientError, ConfigError
 from .identity import groups_of
 from .policy import Policy, local_today
 from .protocol import MAX_LIST_LIMIT
@@ -62,10 +62,6 @@ def warn(id: str, message: str, fix: str) -> Finding:
 
 def error(id: str, message: str, fix: str) -> Finding:
     return Finding("error", id, message, fix)
-
-
-class CannotRun(Exception):
-    """The doctor cannot do its job at all (exit 2)."""
 
 
 @dataclasses.dataclass

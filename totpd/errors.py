@@ -4,6 +4,13 @@ Every error a person may see is one line that names the thing at fault (file, ke
 account, socket) and says what to do next. None ever carries a secret or a code.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .protocol import Reply
+
 
 class TotpdError(Exception):
     """Base of every error totpd raises on purpose."""
@@ -33,9 +40,47 @@ class StoreUnavailable(StoreError):
     """A transient store failure: the decision cannot be made now (fail closed)."""
 
 
+class StoreAbsent(StoreError):
+    """Opened with create=False and there is no totpd store there yet."""
+
+
+class MigrationRefused(StoreError):
+    """The target already holds some of the accounts, and --force was not given."""
+
+
+class ImportFileError(TotpdError):
+    """A file we cannot import; the message names the file and the line."""
+
+
+class StackError(TotpdError):
+    """A PAM stack line libpam would refuse; libpam installs it as a module that always fails."""
+
+
 class BusyError(TotpdError):
     """Too much work of one kind is already waiting: the caller should try again."""
 
 
 class ClientError(TotpdError):
     """totpctl could not get an answer from the daemon."""
+
+
+class Refused(TotpdError):
+    """The daemon answered, and the answer was no (totpctl exits 1)."""
+
+    def __init__(self, reply: Reply, what: str) -> None:
+        detail = reply.message or reply.status.lower().replace("_", " ")
+        super().__init__(f"{what}: {detail}")
+        self.reply = reply
+
+
+class CannotRun(TotpdError):
+    """totpctl doctor cannot do its job at all (exit 2)."""
+
+
+class CallRefused(TotpdError):
+    """A D-Bus call answered with a D-Bus error before or after the service (name, one-line text)."""
+
+    def __init__(self, name: str, text: str) -> None:
+        super().__init__(text)
+        self.name = name
+        self.text = text

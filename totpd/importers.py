@@ -18,13 +18,8 @@ import dataclasses
 import re
 
 from . import otp
-from .errors import TotpdError
-from .errors import ProtocolError
+from .errors import ImportFileError, ProtocolError
 from .protocol import check_user
-
-
-class ImportFileError(TotpdError):
-    """A file we cannot import; the message names the file and the line."""
 
 
 @dataclasses.dataclass

@@ -18,10 +18,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-from .errors import StoreError
+from .errors import MigrationRefused, StoreAbsent, StoreError
 from .sealing import Sealer
-from .service import key_check, secret_context  # the one definition of the sealing context
-from .store import Account, Store, StoreAbsent, StoreOptions, Transaction, is_postgres, open_store
+from .sealing import key_check, secret_context
+from .store import Account, Store, StoreOptions, Transaction, is_postgres, open_store
 
 PAGE = 1000
 
@@ -45,10 +45,6 @@ class Report:
         out = dataclasses.asdict(self)
         out["existing"] = len(self.existing)
         return out
-
-
-class MigrationRefused(StoreError):
-    """The target already holds some of the accounts, and --force was not given."""
 
 
 Snapshot = list[tuple[Account, list[tuple[int, str]]]]

@@ -22,6 +22,8 @@ import os
 import sysconfig
 from typing import Iterator
 
+from .errors import StackError
+
 MODULE_NAME = "pam_totpd.so"
 MAX_INCLUDE_DEPTH = 8  # libpam's PAM_SUBSTACK_MAX_LEVEL is 16; real stacks use 2 or 3
 
@@ -53,10 +55,6 @@ _SIMPLE_CONTROLS = {
     "optional": ({"success": "ok", "new_authtok_reqd": "ok"}, "ignore"),
     "sufficient": ({"success": "done", "new_authtok_reqd": "done"}, "ignore"),
 }
-
-
-class StackError(Exception):
-    """A line libpam would refuse; libpam installs it as a module that always fails."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,6 +9,7 @@ the key yields no secret.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING, Callable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -16,9 +17,13 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from .errors import SealingError
 from .files import directory_problem, parent, private_file_problem
 
+if TYPE_CHECKING:
+    from .store import Transaction
+
 KEY_BYTES = 32
 NONCE_BYTES = 12
 _FORMAT = b"\x01"
+KEY_CHECK = b"totpd master key check"
 
 
 class Sealer:
@@ -39,6 +44,29 @@ class Sealer:
             return self._aead.decrypt(nonce, sealed[1 + NONCE_BYTES :], context.encode())
         except InvalidTag:
             raise SealingError("a sealed value does not open with this master key") from None
+
+
+def secret_context(user: str) -> str:
+    """The associated data that binds a sealed TOTP secret to its account."""
+    return "secret:" + user
+
+
+def key_check(sealer: Sealer) -> "Callable[[Transaction], None]":
+    """A store start-up unit: prove the master key opens this database (or mark a new one)."""
+
+    def check(tx: "Transaction") -> None:
+        sealed = tx.get_meta("key_check")
+        if sealed is None:
+            tx.set_meta("key_check", sealer.seal(KEY_CHECK, "key-check"))
+            return
+        try:
+            opened = sealer.open(sealed, "key-check")
+        except SealingError:
+            opened = None
+        if opened != KEY_CHECK:
+            raise SealingError("the master key does not open this database (wrong key file?)")
+
+    return check
 
 
 def load_key(path: str, create: bool) -> bytes:

@@ -24,7 +24,7 @@ from .config import Config
 from .errors import BusyError, ProtocolError, SealingError, StoreError
 from .policy import Policy, RememberedHosts, local_today
 from .protocol import MAX_LIST_LIMIT, MAX_MESSAGE, MAX_REPLY_PAYLOAD, Reply, Request
-from .sealing import Sealer
+from .sealing import Sealer, secret_context
 from .store import Account, Outcome, Store, Transaction, resolve
 from .workers import Worker
 
@@ -39,7 +39,6 @@ PAM_CONTEXT = ("service", "rhost", "tty")
 NSS_THREADS, NSS_WAITING = 4, 1024
 ARGON2_THREADS, ARGON2_WAITING = 1, 32
 LIST_REPLY_BUDGET = MAX_REPLY_PAYLOAD - 1024  # room for the status line and the other keys
-KEY_CHECK = b"totpd master key check"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,28 +80,6 @@ class Session:
 
     def __init__(self) -> None:
         self.staged: dict[str, Staged] = {}
-
-
-def secret_context(user: str) -> str:
-    return "secret:" + user
-
-
-def key_check(sealer: Sealer) -> Callable[[Transaction], None]:
-    """A store start-up unit: prove the master key opens this database (or mark a new one)."""
-
-    def check(tx: Transaction) -> None:
-        sealed = tx.get_meta("key_check")
-        if sealed is None:
-            tx.set_meta("key_check", sealer.seal(KEY_CHECK, "key-check"))
-            return
-        try:
-            opened = sealer.open(sealed, "key-check")
-        except SealingError:
-            raise SealingError("the master key does not open this database (wrong key file?)") from None
-        if opened != KEY_CHECK:
-            raise SealingError("the master key does not open this database (wrong key file?)")
-
-    return check
 
 
 def _reply(status: str, message: str = "", **fields: object) -> Reply:

@@ -16,7 +16,7 @@ import dataclasses
 import re
 from typing import TYPE_CHECKING, Callable, NamedTuple, TypeVar
 
-from ..errors import StoreError
+from ..errors import StoreAbsent, StoreError
 
 if TYPE_CHECKING:
     import asyncio
@@ -163,10 +163,6 @@ class StoreOptions:
     # SQLite: zero-fill a new write-ahead log (the daemon, which commits for as long
     # as it runs; a short-lived tool would only pay for it).
     prefill_wal: bool = False
-
-
-class StoreAbsent(StoreError):
-    """Opened with create=False and there is no totpd store there yet."""
 
 
 _LIBPQ_KEYWORD = re.compile(r"^\s*(host|hostaddr|port|dbname|user|service|sslmode|options|application_name)\s*=")

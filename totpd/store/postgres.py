@@ -33,9 +33,9 @@ import psycopg
 import psycopg.conninfo
 import psycopg_pool
 
-from ..errors import StoreError, StoreUnavailable
+from ..errors import StoreAbsent, StoreError, StoreUnavailable
 from ..files import private_file_problem
-from . import SCHEMA_VERSION, Account, Store, StoreAbsent, StoreOptions, Transaction
+from . import SCHEMA_VERSION, Account, Store, StoreOptions, Transaction
 
 T = TypeVar("T")
 

@@ -18,9 +18,9 @@ import stat
 import threading
 from typing import Callable, TypeVar
 
-from ..errors import StoreError, StoreUnavailable
+from ..errors import StoreAbsent, StoreError, StoreUnavailable
 from ..files import directory_problem, parent, private_file_problem
-from . import SCHEMA_VERSION, Account, Outcome, Store, StoreAbsent, Transaction, resolve
+from . import SCHEMA_VERSION, Account, Outcome, Store, Transaction, resolve
 
 T = TypeVar("T")
 
