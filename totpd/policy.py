@@ -1,4 +1,4 @@
-"""Policy: who must use a second factor, what an unenrolled login gets, and throttling.
+"""Policy: who must use a second factor, what an unenrolled login gets, what a lock says.
 
 Pure decisions from configuration, account facts and the clock; no I/O (the
 service looks up group membership and hands it in). An enrolled account always
@@ -92,22 +92,6 @@ class Policy:
                 f" is enrolled for this account; {how}",
             )
         return Outcome("DENIED", f"Two-factor login is required but no authenticator is enrolled for this account; {how}")
-
-    def after_failure(self, failures: int, now: float) -> tuple[float, bool]:
-        """Backoff deadline and hard-lock flag after the `failures`-th consecutive failure.
-
-        The first `backoff_after - 1` failures cost nothing; from then on each one
-        doubles the wait (backoff_initial, 2x, 4x, ... capped at backoff_max); at
-        `max_failures` the account locks until an admin unlocks it.
-        """
-        config = self._config
-        if failures >= config.max_failures:
-            return 0.0, True
-        if failures < config.backoff_after:
-            return 0.0, False
-        exponent = failures - config.backoff_after
-        delay = config.backoff_initial * (2 ** min(exponent, 62))
-        return now + min(delay, config.backoff_max), False
 
     @staticmethod
     def locked_message(user: str, locked: bool, locked_until: float, now: float) -> str:

@@ -18,9 +18,10 @@ import re
 import time
 from typing import Callable, Coroutine, NamedTuple, Sequence
 
-from . import __version__, clock, identity, otp, recovery
+from . import __version__, clock, decisions, identity, otp, recovery
 from .audit import Audit, quote
 from .config import Config
+from .decisions import Verdict
 from .errors import BusyError, ProtocolError, SealingError, StoreError
 from .policy import Policy, RememberedHosts, local_today
 from .protocol import MAX_LIST_LIMIT, MAX_MESSAGE, MAX_REPLY_PAYLOAD, Reply, Request
@@ -68,10 +69,10 @@ MAX_STAGED = 1_000_000
 class Judged(NamedTuple):
     """A verification's verdict, the account as its transaction read it, and what follows."""
 
-    verdict: str
+    verdict: Verdict
     account: Account | None
     offset: int = 0  # accepted: the code's time step less this host's
-    miss: str = ""  # try_recovery: the verdict (already counted) if no recovery code matches
+    miss: Verdict | None = None  # try_recovery: the verdict (already counted) if no recovery code matches
     hashes: Sequence[tuple[int, str]] = ()  # try_recovery: the account's recovery-code hashes
 
 
@@ -375,7 +376,7 @@ class Service:
         user = request.user
         if account is None or not account.active:
             return self._unenrolled(request, caller, "check")
-        if account.locked or now < account.locked_until:
+        if decisions.is_locked(account, now):
             self._audit(request, caller, "check", "locked")
             return _reply("LOCKED", self.policy.locked_message(user, account.locked, account.locked_until, now))
         if _pam_caller(caller) and self.remembered.recalls(user, request.get("service"), request.get("rhost")):
@@ -412,20 +413,20 @@ class Service:
 
         def judge_totp(tx: Transaction) -> Judged:
             account = tx.get(user)
-            if barred := _barred(account, now):
+            if barred := decisions.barred(account, now):
                 return Judged(barred, account)
             assert account is not None
             params = _params_of(account)
             if not otp.looks_like_totp(code, params):
                 miss = self._fail(tx, account, now)
-                return Judged("try_recovery", account, miss=miss, hashes=tx.recovery_hashes(user))
+                return Judged(Verdict.TRY_RECOVERY, account, miss=miss, hashes=tx.recovery_hashes(user))
             secret = self.sealer.open(account.secret or b"", secret_context(user))
-            step = otp.match_step(secret, params, code, now, window)
-            if step is None:
+            verdict, step = decisions.judge_code(secret, params, code, now, window, account.last_step)
+            if verdict is Verdict.REJECTED:
                 return Judged(self._fail(tx, account, now), account)
-            if step <= account.last_step or not tx.advance_step(user, step):
-                return Judged("replayed", account)
-            return Judged("accepted", account, offset=step - otp.time_step(now, params))
+            if verdict is Verdict.REPLAYED or not tx.advance_step(user, step):
+                return Judged(Verdict.REPLAYED, account)
+            return Judged(Verdict.ACCEPTED, account, offset=step - otp.time_step(now, params))
 
         return judge_totp
 
@@ -435,14 +436,14 @@ class Service:
         """The verify's answer once its unit is committed: a reply, or the coroutine that
         finds it (a recovery code, an account that is not enrolled)."""
         assert isinstance(judged, Judged)
-        if judged.verdict in ("try_recovery", "unenrolled"):
+        if judged.verdict in (Verdict.TRY_RECOVERY, Verdict.UNENROLLED):
             return self._verify_slowly(request, caller, judged, code, now)
         return self._verify_reply(request, caller, judged, now)
 
     async def _verify_slowly(self, request: Request, caller: Caller, judged: Judged, code: str, now: float) -> Reply:
-        if judged.verdict == "try_recovery":
+        if judged.verdict is Verdict.TRY_RECOVERY:
             judged = await self._try_recovery(request.user, code, judged)
-        if judged.verdict == "unenrolled":
+        if judged.verdict is Verdict.UNENROLLED:
             return await self._unenrolled(request, caller, "verify")
         return self._verify_reply(request, caller, judged, now)
 
@@ -455,13 +456,13 @@ class Service:
                 " is likely off", quote(user), judged.offset,
             )
         service, rhost = request.get("service"), request.get("rhost")
-        if verdict in ("accepted", "recovery_accepted") and _pam_caller(caller):
+        if verdict in (Verdict.ACCEPTED, Verdict.RECOVERY_ACCEPTED) and _pam_caller(caller):
             self.remembered.remember(user, service, rhost, self.policy.rules(service).remember_host)
-        elif verdict in ("rejected", "now_locked", "replayed"):
+        elif verdict in (Verdict.REJECTED, Verdict.NOW_LOCKED, Verdict.REPLAYED):
             self.remembered.forget(user)
-        if verdict == "recovery_accepted":
+        if verdict is Verdict.RECOVERY_ACCEPTED:
             self._emit("recovery_code_used", user=user, service=service, rhost=rhost)
-        if verdict == "now_locked":
+        if verdict is Verdict.NOW_LOCKED:
             self._emit("locked", user=user, service=service, rhost=rhost)
         return self._verdict_reply(request, caller, "verify", verdict, judged.account, now)
 
@@ -472,12 +473,12 @@ class Service:
             return False
         return hmac.compare_digest(self.sealer.open(account.secret, secret_context(user)), secret)
 
-    def _fail(self, tx: Transaction, account: Account, now: float) -> str:
-        """Count one failure inside the judging transaction; 'rejected' or 'now_locked'."""
+    def _fail(self, tx: Transaction, account: Account, now: float) -> Verdict:
+        """Count one failure inside the judging transaction: REJECTED, or NOW_LOCKED."""
         failures = account.failures + 1
-        locked_until, locked = self.policy.after_failure(failures, now)
+        locked_until, locked = decisions.after_failure(self.config, failures, now)
         tx.set_failures(account.user, failures, locked_until, locked)
-        return "now_locked" if locked else "rejected"
+        return Verdict.NOW_LOCKED if locked else Verdict.REJECTED
 
     async def _try_recovery(self, user: str, code: str, judged: Judged) -> Judged:
         """A recovery code in place of a TOTP code, its failure already counted (_totp_unit).
@@ -490,38 +491,26 @@ class Service:
         def consume(tx: Transaction) -> Judged:
             account = tx.get(user)
             if account is None or not account.active:
-                return Judged("unenrolled", account)  # reset meanwhile
+                return Judged(Verdict.UNENROLLED, account)  # reset meanwhile
             if found is not None and tx.use_recovery_code(user, found):
                 tx.set_failures(user, 0, 0.0, False)
-                return Judged("recovery_accepted", account)
+                return Judged(Verdict.RECOVERY_ACCEPTED, account)
+            assert judged.miss is not None
             return Judged(judged.miss, account)
 
         return await self._transact(consume)  # type: ignore[return-value]
 
     def _verdict_reply(
-        self, request: Request, caller: Caller, event: str, verdict: str, account: Account | None, now: float
+        self, request: Request, caller: Caller, event: str, verdict: Verdict, account: Account | None, now: float
     ) -> Reply:
-        user = request.user
-        if verdict == "accepted":
-            self._audit(request, caller, event, "accepted")
-            return _reply("ACCEPTED")
-        if verdict == "recovery_accepted":
-            self._audit(request, caller, event, "recovery_code_used", level="warning")
-            return _reply("ACCEPTED", "A recovery code was used; each works only once. Check how many are left: totpctl status")
-        if verdict == "replayed":
-            self._audit(request, caller, event, "replayed", level="warning")
-            return _reply("REJECTED", "That code was already used; wait for the next one.")
-        if verdict == "rejected":
-            self._audit(request, caller, event, "rejected")
-            return _reply("REJECTED", "Wrong verification code.")
-        if verdict == "now_locked":
-            self._audit(request, caller, event, "rejected_now_locked", level="warning")
-            return _reply("LOCKED", self.policy.locked_message(user, True, 0.0, now))
-        if verdict == "locked":
+        status, message, level = _VERDICT_REPLIES[verdict]
+        if verdict is Verdict.NOW_LOCKED:
+            message = self.policy.locked_message(request.user, True, 0.0, now)
+        elif verdict is Verdict.LOCKED:
             assert account is not None
-            self._audit(request, caller, event, "locked")
-            return _reply("LOCKED", self.policy.locked_message(user, account.locked, account.locked_until, now))
-        raise AssertionError(verdict)
+            message = self.policy.locked_message(request.user, account.locked, account.locked_until, now)
+        self._audit(request, caller, event, verdict.value, level=level)
+        return _reply(status, message)
 
     async def _enroll(self, request: Request, caller: Caller) -> Reply:
         user = request.user
@@ -601,45 +590,45 @@ class Service:
             return refusal
         user, code, now = request.user, request.get("code").strip(), self.clock()
 
-        def judge(tx: Transaction) -> tuple[str, int, bytes | None]:
+        def judge(tx: Transaction) -> tuple[Verdict, int, bytes | None]:
             """The cheap part first: a pending enrollment, no lock, the right code."""
             account = tx.get(user)
             if account is None or account.pending_secret is None:
-                return "no_pending", -1, None
-            if account.locked or now < account.locked_until:
-                return "locked", -1, None
+                return Verdict.NO_PENDING, -1, None
+            if decisions.is_locked(account, now):
+                return Verdict.LOCKED, -1, None
             params = _params_of(account, pending=True)
             secret = self.sealer.open(account.pending_secret, secret_context(user))
-            step = otp.match_step(secret, params, code, now, self.config.window)
-            if step is None:
+            # A first code has no replay state of its own yet: any step in the window will do.
+            verdict, step = decisions.judge_code(secret, params, code, now, self.config.window, -1)
+            if verdict is Verdict.REJECTED:
                 return self._fail(tx, account, now), -1, None
-            return "matched", step, account.pending_secret
+            return verdict, step, account.pending_secret
 
         verdict, step, pending = await self._transact(judge)  # type: ignore[misc]
-        if verdict == "matched":
+        if verdict is Verdict.ACCEPTED:
             # Only a right code for a pending enrollment is worth the argon2 work.
             codes, hashes = await self._argon2.run(recovery.generate, self.config.recovery_codes)
 
-            def activate(tx: Transaction) -> str:
+            def activate(tx: Transaction) -> Verdict:
                 account = tx.get(user)
                 if account is None or account.pending_secret != pending:
-                    return "no_pending"  # confirmed, replaced or reset meanwhile
+                    return Verdict.NO_PENDING  # confirmed, replaced or reset meanwhile
                 secret = self.sealer.open(pending, secret_context(user))
                 tx.activate_pending(user, now, keep_replay_state=self._same_secret(account, secret, user))
                 tx.advance_step(user, step)
                 tx.replace_recovery_codes(user, hashes)
-                return "confirmed"
+                return Verdict.CONFIRMED
 
             verdict = await self._transact(activate)
-        self._audit(request, caller, "confirm", str(verdict))
-        if verdict == "confirmed":
+        self._audit(request, caller, "confirm", verdict.value)
+        if verdict is Verdict.CONFIRMED:
             self.remembered.forget(user)
             self._emit("enrolled", user=user)
-        if verdict == "no_pending":
-            return _reply("NOT_ENROLLED", f"account '{user}' has no enrollment waiting for confirmation")
-        if verdict == "confirmed":
             return _reply("OK", recovery_codes=" ".join(codes))
-        if verdict == "rejected":
+        if verdict is Verdict.NO_PENDING:
+            return _reply("NOT_ENROLLED", f"account '{user}' has no enrollment waiting for confirmation")
+        if verdict is Verdict.REJECTED:
             return _reply("REJECTED", "Wrong verification code; the enrollment is still pending.")
         return _reply("LOCKED", "Too many wrong codes; wait, or ask an administrator to unlock the account.")
 
@@ -811,6 +800,19 @@ class Service:
         )
 
 
+# A verdict's reply status, its message (LOCKED's is made per account) and audit level.
+_VERDICT_REPLIES: dict[Verdict, tuple[str, str, str]] = {
+    Verdict.ACCEPTED: ("ACCEPTED", "", "info"),
+    Verdict.RECOVERY_ACCEPTED: (
+        "ACCEPTED", "A recovery code was used; each works only once. Check how many are left: totpctl status", "warning"
+    ),
+    Verdict.REPLAYED: ("REJECTED", "That code was already used; wait for the next one.", "warning"),
+    Verdict.REJECTED: ("REJECTED", "Wrong verification code.", "info"),
+    Verdict.NOW_LOCKED: ("LOCKED", "", "warning"),
+    Verdict.LOCKED: ("LOCKED", "", "info"),
+}
+
+
 def _pam_caller(caller: Caller) -> bool:
     """Is this the PAM module, whose service and rhost describe a real login? Root on the socket."""
     return caller.granted is None and caller.uid == 0
@@ -821,15 +823,6 @@ def _admin_without_lookup(caller: Caller) -> bool:
     if caller.granted is not None:
         return caller.granted == "any"
     return caller.uid == 0
-
-
-def _barred(account: Account | None, now: float) -> str:
-    """Why no code can be judged for this account right now: 'unenrolled', 'locked' or ''."""
-    if account is None or not account.active:
-        return "unenrolled"
-    if account.locked or now < account.locked_until:
-        return "locked"
-    return ""
 
 
 def _describe(account: Account, recovery_left: int, now: float) -> dict[str, object]:
