@@ -19,7 +19,17 @@ What `setup` does inside the namespace only:
                   <- binds of copies in WORKDIR/etc with the test users added;
 - /home, /run, /var/log, /var/lib/sudo <- fresh tmpfs (homes for StrictModes,
                      /run/sshd and /run/sudo, and no wtmp/btmp/lastlog/lecture
-                     writes reaching the host).
+                     writes reaching the host);
+- only if the test gives `nss` ({"nsswitch": TEXT, "libdir": DIR}), for an NSS
+  module of its own (tests/nss/):
+  /etc/nsswitch.conf <- bind of WORKDIR/etc/nsswitch.conf holding TEXT;
+  /etc/ld.so.cache   <- bind of WORKDIR/etc/ld.so.cache: the host's libraries
+                     plus DIR, built by ldconfig. glibc dlopens libnss_NAME.so.2
+                     by name, and the cache is the one place every process
+                     searches, setuid sudo too (LD_LIBRARY_PATH is ignored there),
+                     so no system directory is touched. ldconfig writes its aux
+                     cache to /var/cache/ldconfig even with -C: a tmpfs there
+                     keeps it in the namespace.
 
 Nothing is ever mounted below WORKDIR, and /dev is never bound anywhere (see
 TESTING-NOTES.md): deleting WORKDIR afterwards is safe.
@@ -111,6 +121,21 @@ def install_pam(workdir: str, services: dict[str, str]) -> None:
     bind(pam_dir, "/etc/pam.d")
 
 
+def install_nss(workdir: str, nss: dict[str, str]) -> None:
+    etc = os.path.join(workdir, "etc")
+    nsswitch = os.path.join(etc, "nsswitch.conf")
+    with open(nsswitch, "w", encoding="utf-8") as handle:
+        handle.write(nss["nsswitch"])
+    ld_conf = os.path.join(etc, "ld.so.conf")
+    with open(ld_conf, "w", encoding="utf-8") as handle:
+        handle.write(f"include /etc/ld.so.conf.d/*.conf\n{nss['libdir']}\n")
+    cache = os.path.join(etc, "ld.so.cache")
+    tmpfs("/var/cache/ldconfig", "0700")
+    check_call(["ldconfig", "-X", "-C", cache, "-f", ld_conf])
+    bind(nsswitch, "/etc/nsswitch.conf")
+    bind(cache, "/etc/ld.so.cache")
+
+
 def install_sudoers(workdir: str, text: str) -> None:
     path = os.path.join(workdir, "etc", "sudoers")
     with open(path, "w", encoding="utf-8") as handle:
@@ -179,6 +204,8 @@ class Namespace:
         make_homes(users)
         install_pam(self.workdir, request.get("pam", {}))
         install_sudoers(self.workdir, request["sudoers"])
+        if "nss" in request:
+            install_nss(self.workdir, request["nss"])
         reply: dict[str, Any] = {"pid": os.getpid(), "workdir": self.workdir}
         if request.get("sshd", True):
             port = free_port()
