@@ -89,6 +89,11 @@ def pam_logins(totp, attempts: list[tuple[str, str]]) -> list[pamdriver.Result]:
             for out in json.loads(done.stdout.splitlines()[-1])]
 
 
+def totpctl(totp, *args: str):
+    """totpctl as root inside the namespace (requests other than a login's check and verify)."""
+    return totp.host.run([sys.executable, "-m", "totpd.cli", "--socket", totp.socket, *args])
+
+
 def audit_lines(totp, event: str, count: int) -> list[dict[str, str]]:
     """The daemon's first `count` audit lines for `event`, as field dicts (waiting up
     to 5 s: the daemon may write a turn's lines just after its replies)."""
@@ -176,6 +181,18 @@ def test_wrong_codes_under_other_spellings_count_against_the_accounts_throttle(v
                                   (VICTIM, oathtool_code(victim.secret))])
     assert [r.name for r in results] == ["PAM_AUTH_ERR"] * 3 + ["PAM_MAXTRIES"] * 2
     assert results[-1].errors and "totpctl unlock tvictim" in results[-1].errors[0]
+
+
+def test_admin_tools_act_on_the_account_under_another_spelling(victim):
+    wrong = victim.wrong_code()
+    assert [r.name for r in pam_logins(victim, [(VICTIM, wrong)] * 4)][-1] == "PAM_MAXTRIES"
+    status = totpctl(victim, "status", "TVICTIM", "--json")
+    assert status.returncode == 0, status
+    assert (json.loads(status.stdout)["enrolled"], json.loads(status.stdout)["locked"]) == (1, 1)
+    unlocked = totpctl(victim, "unlock", "Tvictim")
+    assert unlocked.returncode == 0, unlocked
+    [result] = pam_logins(victim, [(VICTIM, oathtool_code(victim.secret))])
+    assert result.name == "PAM_SUCCESS"
 
 
 def test_audit_line_names_the_account_and_the_spelling_given(victim):
