@@ -12,6 +12,7 @@ the namespace) and through a real sshd; codes come from oathtool.
 
 from __future__ import annotations
 
+import errno
 import json
 import pwd
 import shlex
@@ -118,27 +119,7 @@ def victim(request: pytest.FixtureRequest, make_totp, nss_libdir: Path):
 
 # -- the harness: the module folds, inside the namespace only ------------------------
 
-def test_nss_module_resolves_every_spelling_to_the_account_inside_the_namespace_only(
-        make_login_host, nss_libdir):
-    host = make_login_host(auth="auth required pam_deny.so\n", user=VICTIM, uid=VICTIM_UID,
-                           nss=nss(nss_libdir))
-    for spelling in [*SPELLINGS, "EXAMPLE\\tvictim", VICTIM]:
-        inside = host.run(["getent", "passwd", spelling])
-        assert inside.stdout.startswith(f"{VICTIM}:x:{VICTIM_UID}:"), (spelling, inside)
-        shadow = host.run(["getent", "shadow", spelling])
-        assert shadow.stdout.startswith(f"{VICTIM}:"), (spelling, shadow)
-    assert host.run(["getent", "passwd", "tvictim2"]).returncode == 2
-    # A buffer too small says ERANGE (glibc then retries with a bigger one).
-    probe = host.run([sys.executable, "-c", ERANGE_PROBE, str(nss_libdir / NSS_LIBRARY)])
-    assert probe.stdout.split() == ["small", "-2", "34", "large", "1", VICTIM], probe
-    # Outside, nothing changed.
-    with pytest.raises(KeyError):
-        pwd.getpwnam("TVICTIM")
-    assert "totpdfold" not in Path("/etc/nsswitch.conf").read_text()
-    host_cache = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, check=True).stdout
-    assert NSS_LIBRARY not in host_cache
-
-
+# The module's getpwnam_r called directly, with a buffer too small and one large enough.
 ERANGE_PROBE = """
 import ctypes, sys
 module = ctypes.CDLL(sys.argv[1], use_errno=True)
@@ -151,6 +132,27 @@ for label, size in (("small", 8), ("large", 4096)):
     status = module._nss_totpdfold_getpwnam_r(b"TVICTIM", ctypes.byref(entry), buf, size, ctypes.byref(errnop))
     print(label, status, errnop.value if status != 1 else entry.name.decode())
 """
+
+
+def test_nss_module_resolves_every_spelling_to_the_account_inside_the_namespace_only(
+        make_login_host, nss_libdir):
+    host = make_login_host(auth="auth required pam_deny.so\n", user=VICTIM, uid=VICTIM_UID,
+                           nss=nss(nss_libdir))
+    for spelling in [*SPELLINGS, "EXAMPLE\\tvictim", VICTIM]:
+        inside = host.run(["getent", "passwd", spelling])
+        assert inside.stdout.startswith(f"{VICTIM}:x:{VICTIM_UID}:"), (spelling, inside)
+        shadow = host.run(["getent", "shadow", spelling])
+        assert shadow.stdout.startswith(f"{VICTIM}:"), (spelling, shadow)
+    assert host.run(["getent", "passwd", "tvictim2"]).returncode == 2
+    # A buffer too small says ERANGE (glibc then retries with a bigger one).
+    probe = host.run([sys.executable, "-c", ERANGE_PROBE, str(nss_libdir / NSS_LIBRARY)])
+    assert probe.stdout.split() == ["small", "-2", str(errno.ERANGE), "large", "1", VICTIM], probe
+    # Outside, nothing changed.
+    with pytest.raises(KeyError):
+        pwd.getpwnam("TVICTIM")
+    assert "totpdfold" not in Path("/etc/nsswitch.conf").read_text()
+    host_cache = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, check=True).stdout
+    assert NSS_LIBRARY not in host_cache
 
 
 # -- through real libpam --------------------------------------------------------------
@@ -188,7 +190,8 @@ def test_admin_tools_act_on_the_account_under_another_spelling(victim):
     assert [r.name for r in pam_logins(victim, [(VICTIM, wrong)] * 4)][-1] == "PAM_MAXTRIES"
     status = totpctl(victim, "status", "TVICTIM", "--json")
     assert status.returncode == 0, status
-    assert (json.loads(status.stdout)["enrolled"], json.loads(status.stdout)["locked"]) == (1, 1)
+    fields = json.loads(status.stdout)
+    assert (fields["enrolled"], fields["locked"]) == (1, 1)
     unlocked = totpctl(victim, "unlock", "Tvictim")
     assert unlocked.returncode == 0, unlocked
     [result] = pam_logins(victim, [(VICTIM, oathtool_code(victim.secret))])
