@@ -22,7 +22,10 @@ import sys
 import time
 from pathlib import Path
 
+import pyotp
 import pytest
+
+from daemonproc import wrong_code
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "pam"))
@@ -90,9 +93,9 @@ def pam_logins(totp, attempts: list[tuple[str, str]]) -> list[pamdriver.Result]:
             for out in json.loads(done.stdout.splitlines()[-1])]
 
 
-def totpctl(totp, *args: str):
+def totpctl(totp, *args: str, input: str = ""):
     """totpctl as root inside the namespace (requests other than a login's check and verify)."""
-    return totp.host.run([sys.executable, "-m", "totpd.cli", "--socket", totp.socket, *args])
+    return totp.host.run([sys.executable, "-m", "totpd.cli", "--socket", totp.socket, *args], input=input)
 
 
 def audit_lines(totp, event: str, count: int) -> list[dict[str, str]]:
@@ -196,6 +199,16 @@ def test_admin_tools_act_on_the_account_under_another_spelling(victim):
     assert unlocked.returncode == 0, unlocked
     [result] = pam_logins(victim, [(VICTIM, oathtool_code(victim.secret))])
     assert result.name == "PAM_SUCCESS"
+
+
+def test_enrolling_another_spelling_enrolls_the_account(victim):
+    assert totpctl(victim, "reset", VICTIM).returncode == 0
+    secret = pyotp.random_base32()
+    enrolled = totpctl(victim, "enroll", "Tvictim", "--no-confirm", "--json", "--secret-file", "-",
+                       input=secret + "\n")
+    assert enrolled.returncode == 0, enrolled
+    wrong, right = pam_logins(victim, [(VICTIM, wrong_code(secret)), (VICTIM, oathtool_code(secret))])
+    assert (wrong.name, right.name) == ("PAM_AUTH_ERR", "PAM_SUCCESS")
 
 
 def test_audit_line_names_the_account_and_the_spelling_given(victim):
