@@ -11,7 +11,7 @@ VPY          = $(VENV)/bin/python
 PYTEST_ARGS ?=
 
 APT_PACKAGES = build-essential libpam0g-dev libpam-wrapper python3 python3-venv python3-dev \
-               openssh-server openssh-client sudo zbar-tools oathtool util-linux \
+               openssh-server openssh-client openssl sudo zbar-tools oathtool util-linux \
                libpam-google-authenticator libpam-oath postgresql systemd \
                dbus dbus-daemon dbus-bin libglib2.0-bin libdbus-1-dev libglib2.0-dev pkg-config \
                debhelper dpkg-dev python3-pip scdoc man-db groff-base

@@ -106,9 +106,9 @@ class RunResult:
 class LoginHost:
     """The namespace helper plus what a test needs to drive sshd and sudo in it."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, user: str = TEST_USER) -> None:
         self.workdir = workdir
-        self.user = TEST_USER
+        self.user = user
         self.client_key_path = workdir / "client_ed25519"
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "totpd-e2e-client",
                         "-f", str(self.client_key_path)], check=True)
@@ -140,12 +140,13 @@ class LoginHost:
     def helper_log(self) -> str:
         return (self.workdir / "nsrun.log").read_text(errors="replace")[-4000:]
 
-    def setup(self, pam: dict[str, str], users: list[dict[str, Any]]) -> None:
+    def setup(self, pam: dict[str, str], users: list[dict[str, Any]], **extra: Any) -> None:
+        """`extra` goes to nsrun.py's setup as is (e.g. `nss`)."""
         for user in users:
             user.setdefault("authorized_keys", [self.public_key_line()])
         reply = self.request("setup", workdir=str(self.workdir), pam=pam, users=users,
-                             sudoers=SUDOERS.format(user=TEST_USER),
-                             host_mount_namespace=os.readlink("/proc/self/ns/mnt"))
+                             sudoers=SUDOERS.format(user=self.user),
+                             host_mount_namespace=os.readlink("/proc/self/ns/mnt"), **extra)
         self.pid = reply["pid"]
         self.sshd_port = reply["sshd_port"]
         with open(reply["sshd_host_key"], encoding="ascii") as handle:
@@ -186,16 +187,19 @@ class LoginHost:
                              timeout=timeout)
         return RunResult(reply["returncode"], reply["stdout"], reply["stderr"])
 
-    def sudo(self, command: list[str], answer: str, user: str = TEST_USER) -> RunResult:
-        """`sudo -S -k COMMAND` as `user` (switched with setpriv: no PAM on the way
-        in), with `answer` typed at the prompt sudo shows."""
+    def sudo(self, command: list[str], answer: str, user: str | None = None) -> RunResult:
+        """`sudo -S -k COMMAND` as `user` (default: the test user; switched with
+        setpriv: no PAM on the way in), with `answer` typed at the prompt sudo shows."""
+        user = user or self.user
         return self.run(["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups",
                          "--reset-env", "sudo", "-S", "-k", "--", *command], input=answer + "\n")
 
-    def ssh(self, answers: list[str] | Callable[[str], str], user: str = TEST_USER,
+    def ssh(self, answers: list[str] | Callable[[str], str], user: str | None = None,
             command: str = "id -un", use_key: bool = True) -> SshResult:
-        """Log in with the client key, then keyboard-interactive; `answers` are
-        typed at the prompts in order (or computed from the prompt text)."""
+        """Log in as `user` (default: the test user) with the client key, then
+        keyboard-interactive; `answers` are typed at the prompts in order (or
+        computed from the prompt text)."""
+        user = user or self.user
         result = SshResult(authenticated=False, prompts=[], instructions=[])
         pending = list(answers) if not callable(answers) else []
 
@@ -237,9 +241,10 @@ class LoginHost:
         finally:
             transport.close()
 
-    def openssh(self, answer: str, user: str = TEST_USER, command: str = "id -un") -> tuple[str, int]:
+    def openssh(self, answer: str, user: str | None = None, command: str = "id -un") -> tuple[str, int]:
         """Log in with the OpenSSH `ssh` client on a pty (pexpect), type `answer` at
         the first prompt; returns (everything the terminal showed, exit status)."""
+        user = user or self.user
         import pexpect
 
         known_hosts = self.workdir / "known_hosts"
@@ -309,16 +314,18 @@ def e2e_tools() -> None:
 def make_login_host(e2e_tools: None, request: pytest.FixtureRequest) -> Iterator[Callable[..., LoginHost]]:
     """Factory: make_login_host(auth="auth required pam_x.so\\n", password_hash=...)
     sets up a namespace whose sshd and sudo services authenticate with `auth`,
-    with the test user and sshd running, and returns it."""
+    with the test user (`user`, `uid`) and sshd running, and returns it;
+    `setup` goes to nsrun.py's setup (e.g. `nss`)."""
     made: list[tuple[LoginHost | None, Path]] = []
 
-    def make(auth: str, password_hash: str = "*") -> LoginHost:
+    def make(auth: str, password_hash: str = "*", user: str = TEST_USER, uid: int = TEST_UID,
+             **setup: Any) -> LoginHost:
         workdir = Path(tempfile.mkdtemp(prefix="totpd-e2e-"))
         os.chmod(workdir, 0o755)  # the test user's processes (sudo) must reach the daemon socket
         made.append((None, workdir))
-        host = LoginHost(workdir)
+        host = LoginHost(workdir, user)
         made[-1] = (host, workdir)
-        host.setup(stacks(auth), [{"name": TEST_USER, "uid": TEST_UID, "password_hash": password_hash}])
+        host.setup(stacks(auth), [{"name": user, "uid": uid, "password_hash": password_hash}], **setup)
         return host
 
     yield make
@@ -381,29 +388,42 @@ class TotpSetup:
 
 
 @pytest.fixture
-def totp(make_login_host: Callable[..., LoginHost], pam_module: Path) -> TotpSetup:
-    """sshd and sudo stacks with pam_totpd, the daemon running in the namespace,
-    and the test user enrolled (confirmed) with a known secret."""
-    # The socket lives in the work dir, which exists only once the namespace is
-    # set up: start with a deny-all stack, then write the real one.
-    host = make_login_host(auth="auth required pam_deny.so\n")
-    state = host.workdir / "totpd"
-    state.mkdir(mode=0o755)
-    socket = str(state / "totpd.sock")
-    config = host.workdir / "totpd.toml"
-    config.write_text(
-        f'socket = "{socket}"\n'
-        f'database = "{state / "totpd.db"}"\n'
-        f'key_file = "{state / "master.key"}"\n'
-        'socket_mode = "0666"\n'
-        'audit = "stderr"\n'
-    )
-    for service, text in stacks(f"auth required {pam_module} socket={socket}\n").items():
-        host.write_pam_service(service, text)
-    setup = TotpSetup(host=host, socket=socket, secret=pyotp.random_base32(), config=config)
-    setup.start_daemon()
-    enrolled = host.run(entry_point_argv("totpd.cli:main", "--socket", socket, "enroll", TEST_USER,
-                                         "--no-confirm", "--json", "--secret-file", "-"),
-                        input=setup.secret + "\n")
-    assert enrolled.returncode == 0, f"enrollment failed: {enrolled.stderr}{enrolled.stdout}"
-    return setup
+def make_totp(make_login_host: Callable[..., LoginHost], pam_module: Path) -> Callable[..., TotpSetup]:
+    """Factory: make_totp(config="", auth_before="", **host) -> sshd and sudo stacks
+    with pam_totpd (after `auth_before`, e.g. a password module), the daemon running
+    in the namespace with `config` (TOML lines) added to its own, and the test user
+    enrolled (confirmed) with a known secret. `host` goes to make_login_host."""
+
+    def make(config: str = "", auth_before: str = "", **host_settings: Any) -> TotpSetup:
+        # The socket lives in the work dir, which exists only once the namespace is
+        # set up: start with a deny-all stack, then write the real one.
+        host = make_login_host(auth="auth required pam_deny.so\n", **host_settings)
+        state = host.workdir / "totpd"
+        state.mkdir(mode=0o755)
+        socket = str(state / "totpd.sock")
+        config_path = host.workdir / "totpd.toml"
+        config_path.write_text(
+            f'socket = "{socket}"\n'
+            f'database = "{state / "totpd.db"}"\n'
+            f'key_file = "{state / "master.key"}"\n'
+            'socket_mode = "0666"\n'
+            'audit = "stderr"\n'
+            + config
+        )
+        for service, text in stacks(f"{auth_before}auth required {pam_module} socket={socket}\n").items():
+            host.write_pam_service(service, text)
+        setup = TotpSetup(host=host, socket=socket, secret=pyotp.random_base32(), config=config_path)
+        setup.start_daemon()
+        enrolled = host.run(entry_point_argv("totpd.cli:main", "--socket", socket, "enroll", host.user,
+                                             "--no-confirm", "--json", "--secret-file", "-"),
+                            input=setup.secret + "\n")
+        assert enrolled.returncode == 0, f"enrollment failed: {enrolled.stderr}{enrolled.stdout}"
+        return setup
+
+    return make
+
+
+@pytest.fixture
+def totp(make_totp: Callable[..., TotpSetup]) -> TotpSetup:
+    """make_totp() with the defaults: the test user, pam_totpd alone in the auth stacks."""
+    return make_totp()

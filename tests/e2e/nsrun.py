@@ -12,11 +12,24 @@ to stdout). The first request must be `setup`; then any number of `spawn`,
 and the namespace's mounts vanish with its last process.
 
 What `setup` does inside the namespace only:
-- /etc/pam.d      <- bind of WORKDIR/etc/pam.d (a copy of the host's, plus the
-                     service files the test gives; the test may rewrite them
-                     later from outside, the bind shows the change at once);
-- /etc/passwd, /etc/shadow, /etc/group, /etc/gshadow, /etc/sudoers
-                  <- binds of copies in WORKDIR/etc with the test users added;
+- /etc            <- bind of WORKDIR/etc, a copy of the host's /etc (cp -a) in
+                     which setup then changes:
+  pam.d/          the service files the test gives (the test may rewrite them
+                  later from outside; the namespace sees the change at once);
+  passwd, shadow, group, gshadow   the test users added;
+  sudoers         the test's;
+  nsswitch.conf, ld.so.conf, ld.so.cache   only if the test gives `nss`
+                  ({"nsswitch": TEXT, "libdir": DIR}) for an NSS module of its
+                  own (tests/nss/): TEXT, and a cache of the host's libraries
+                  plus DIR. glibc dlopens libnss_NAME.so.2 by name and the cache
+                  is the one place every process searches, setuid sudo too
+                  (LD_LIBRARY_PATH is ignored there), so no system directory is
+                  touched. ldconfig writes its aux cache to /var/cache/ldconfig
+                  even with -C: a tmpfs there keeps it in the namespace.
+  The whole directory, not single files: a bind over /etc/passwd is silently
+  detached in every namespace when a host process renames a new file over
+  /etc/passwd (useradd, userdel, ldconfig, dpkg: other tests on the machine), and
+  the namespace would see the host's file again in the middle of a test.
 - /home, /run, /var/log, /var/lib/sudo <- fresh tmpfs (homes for StrictModes,
                      /run/sshd and /run/sudo, and no wtmp/btmp/lastlog/lecture
                      writes reaching the host).
@@ -27,9 +40,9 @@ TESTING-NOTES.md): deleting WORKDIR afterwards is safe.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -67,8 +80,17 @@ def assert_private_namespace(host_namespace: str) -> None:
         raise HarnessError("nsrun.py must run under 'unshare --mount --propagation private'")
 
 
-def append_accounts(workdir: str, users: list[dict[str, Any]]) -> None:
+def private_etc(workdir: str) -> str:
+    """WORKDIR/etc: a copy of /etc, bound over /etc; the host's SSH host keys left out."""
     etc = os.path.join(workdir, "etc")
+    check_call(["cp", "-a", "/etc/.", etc])
+    for key in glob.glob(os.path.join(etc, "ssh", "ssh_host_*")):
+        os.remove(key)
+    bind(etc, "/etc")
+    return etc
+
+
+def append_accounts(etc: str, users: list[dict[str, Any]]) -> None:
     lines: dict[str, list[str]] = {name: [] for name in ACCOUNT_FILES}
     for user in users:
         name, uid = user["name"], int(user["uid"])
@@ -78,11 +100,8 @@ def append_accounts(workdir: str, users: list[dict[str, Any]]) -> None:
         lines["group"].append(f"{name}:x:{uid}:")
         lines["gshadow"].append(f"{name}:!::")
     for name in ACCOUNT_FILES:
-        copy = os.path.join(etc, name)
-        shutil.copy2(f"/etc/{name}", copy)
-        with open(copy, "a", encoding="utf-8") as handle:
+        with open(os.path.join(etc, name), "a", encoding="utf-8") as handle:
             handle.write("".join(line + "\n" for line in lines[name]))
-        bind(copy, f"/etc/{name}")
 
 
 def make_homes(users: list[dict[str, Any]]) -> None:
@@ -98,9 +117,8 @@ def make_homes(users: list[dict[str, Any]]) -> None:
             os.chown(path, uid, uid)
 
 
-def install_pam(workdir: str, services: dict[str, str]) -> None:
-    pam_dir = os.path.join(workdir, "etc", "pam.d")
-    shutil.copytree("/etc/pam.d", pam_dir, symlinks=True)
+def install_pam(etc: str, services: dict[str, str]) -> None:
+    pam_dir = os.path.join(etc, "pam.d")
     # A deny-all fallback: a service nobody configured must never let anyone in.
     services = {"other": "auth required pam_deny.so\naccount required pam_deny.so\n"
                          "password required pam_deny.so\nsession required pam_deny.so\n",
@@ -108,17 +126,27 @@ def install_pam(workdir: str, services: dict[str, str]) -> None:
     for name, text in services.items():
         with open(os.path.join(pam_dir, name), "w", encoding="utf-8") as handle:
             handle.write(text)
-    bind(pam_dir, "/etc/pam.d")
 
 
-def install_sudoers(workdir: str, text: str) -> None:
-    path = os.path.join(workdir, "etc", "sudoers")
+def install_nss(etc: str, nss: dict[str, str]) -> None:
+    nsswitch = os.path.join(etc, "nsswitch.conf")
+    with open(nsswitch, "w", encoding="utf-8") as handle:
+        handle.write(nss["nsswitch"])
+    ld_conf = os.path.join(etc, "ld.so.conf")
+    with open(ld_conf, "w", encoding="utf-8") as handle:
+        handle.write(f"include /etc/ld.so.conf.d/*.conf\n{nss['libdir']}\n")
+    cache = os.path.join(etc, "ld.so.cache")
+    tmpfs("/var/cache/ldconfig", "0700")
+    check_call(["ldconfig", "-X", "-C", cache, "-f", ld_conf])
+
+
+def install_sudoers(etc: str, text: str) -> None:
+    path = os.path.join(etc, "sudoers")
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(text)
     os.chown(path, 0, 0)
     os.chmod(path, 0o440)
     check_call(["visudo", "-c", "-q", "-f", path])
-    bind(path, "/etc/sudoers")
 
 
 def free_port() -> int:
@@ -174,11 +202,14 @@ class Namespace:
             if os.path.isdir(target):
                 tmpfs(target)
         os.makedirs("/run/sshd", mode=0o755)
+        etc = private_etc(self.workdir)
         users = request.get("users", [])
-        append_accounts(self.workdir, users)
+        append_accounts(etc, users)
         make_homes(users)
-        install_pam(self.workdir, request.get("pam", {}))
-        install_sudoers(self.workdir, request["sudoers"])
+        install_pam(etc, request.get("pam", {}))
+        install_sudoers(etc, request["sudoers"])
+        if "nss" in request:
+            install_nss(etc, request["nss"])
         reply: dict[str, Any] = {"pid": os.getpid(), "workdir": self.workdir}
         if request.get("sshd", True):
             port = free_port()
