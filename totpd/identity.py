@@ -24,13 +24,27 @@ def lookup(name: str) -> pwd.struct_passwd | None:
 
 
 def canonical(name: str) -> str:
-    """The account's canonical name; the name as given where NSS knows no such account.
+    """The account's canonical name: the name NSS gives for the uid that `name` resolves
+    to; the name as given where NSS knows no such account.
 
-    An unknown name is kept as given: it can match no account that NSS resolves
-    (the store holds canonical names only), so it reaches the unknown-user answer.
+    Two names with one uid (`toor` beside `root`, a local entry that duplicates a
+    directory's uid) are one account to the kernel, so they share one second factor.
+    An unknown name is kept as given: it can match no account that NSS resolves (the
+    store holds canonical names only), so it reaches the unknown-user answer.
     """
     entry = lookup(name)
-    return name if entry is None else entry.pw_name
+    if entry is None:
+        return name
+    try:
+        return pwd.getpwuid(entry.pw_uid).pw_name
+    except KeyError:
+        return entry.pw_name
+
+
+def canonical_names(names: tuple[str, ...]) -> tuple[tuple[str, ...], bool]:
+    """`names` (a policy list) in canonical names, and whether NSS knew every one."""
+    resolved = tuple(canonical(name) for name in names)
+    return resolved, all(lookup(name) is not None for name in names)
 
 
 def groups_of(user: str) -> frozenset[str]:

@@ -23,7 +23,7 @@ from .audit import Audit, quote
 from .config import Config
 from .decisions import Verdict
 from .errors import BusyError, ProtocolError, SealingError, StoreError
-from .policy import Policy, RememberedHosts, local_today
+from .policy import Policy, RememberedHosts, Rules, local_today
 from .protocol import MAX_LIST_LIMIT, MAX_MESSAGE, MAX_REPLY_PAYLOAD, Reply, Request
 from .sealing import Sealer, secret_context
 from .store import Account, Outcome, Store, Transaction, resolve
@@ -184,6 +184,7 @@ class Service:
         self._batcher = Batcher(store)
         self._nss = Worker("nss", NSS_THREADS, NSS_WAITING)
         self._argon2 = Worker("argon2", ARGON2_THREADS, ARGON2_WAITING)
+        self._rules_resolved: dict[Rules, Rules] = {}
         self._tasks: set[asyncio.Task] = set()  # handle_now's slow paths in progress
         # Called with (event, fields) after an event is durable: enrolled, reset,
         # recovery_code_used, locked, unlocked. Notifications and D-Bus signals listen.
@@ -388,11 +389,26 @@ class Service:
         if not await self._account_exists(request.user):
             self._audit(request, caller, event, "unknown_user")
             return _reply("UNKNOWN_USER")
-        rules = self.policy.rules(request.get("service"))
+        rules = await self._canonical_rules(self.policy.rules(request.get("service")))
         groups = await self._nss.run(identity.groups_of, request.user) if rules.needs_groups else frozenset()
         outcome = self.policy.unenrolled(rules, request.user, groups, local_today(self.clock()))
         self._audit(request, caller, event, "not_enrolled_" + outcome.status.lower())
         return _reply(outcome.status, outcome.message)
+
+    async def _canonical_rules(self, rules: Rules) -> Rules:
+        """`rules` with their account lists in canonical names, as every request's name is
+        (`required_users = ["Alice"]` must still mean alice). Kept once NSS knew every name."""
+        if not self.config.check_accounts:
+            return rules  # names are taken exactly as given, in requests and lists alike
+        known = self._rules_resolved.get(rules)
+        if known is not None:
+            return known
+        required, all_required = await self._nss.run(identity.canonical_names, rules.required_users)
+        exempt, all_exempt = await self._nss.run(identity.canonical_names, rules.exempt_users)
+        resolved = dataclasses.replace(rules, required_users=required, exempt_users=exempt)
+        if all_required and all_exempt:
+            self._rules_resolved[rules] = resolved
+        return resolved
 
     async def _verify(self, request: Request, caller: Caller) -> Reply:
         if refusal := await self._authorize(request, caller, allow_self=True):

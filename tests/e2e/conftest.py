@@ -314,18 +314,18 @@ def e2e_tools() -> None:
 def make_login_host(e2e_tools: None, request: pytest.FixtureRequest) -> Iterator[Callable[..., LoginHost]]:
     """Factory: make_login_host(auth="auth required pam_x.so\\n", password_hash=...)
     sets up a namespace whose sshd and sudo services authenticate with `auth`,
-    with the test user (`user`, `uid`) and sshd running, and returns it;
-    `setup` goes to nsrun.py's setup (e.g. `nss`)."""
+    with the test user (`user`, `uid`), any `extra_users` (name/uid dicts) and sshd
+    running, and returns it; `setup` goes to nsrun.py's setup (e.g. `nss`)."""
     made: list[tuple[LoginHost | None, Path]] = []
 
     def make(auth: str, password_hash: str = "*", user: str = TEST_USER, uid: int = TEST_UID,
-             **setup: Any) -> LoginHost:
+             extra_users: tuple[dict[str, Any], ...] = (), **setup: Any) -> LoginHost:
         workdir = Path(tempfile.mkdtemp(prefix="totpd-e2e-"))
         os.chmod(workdir, 0o755)  # the test user's processes (sudo) must reach the daemon socket
         made.append((None, workdir))
         host = LoginHost(workdir, user)
         made[-1] = (host, workdir)
-        host.setup(stacks(auth), [{"name": user, "uid": uid, "password_hash": password_hash}], **setup)
+        host.setup(stacks(auth), [{"name": user, "uid": uid, "password_hash": password_hash}, *extra_users], **setup)
         return host
 
     yield make

@@ -243,3 +243,25 @@ def test_ssh_login_as_another_spelling_with_password_and_wrong_code_is_refused(m
     assert (wrong.authenticated, wrong.prompts) == (False, ["Password: ", PROMPT]), wrong
     right = totp.host.ssh([PASSWORD, oathtool_code(totp.secret)], user="TVICTIM")
     assert (right.authenticated, right.output) == (True, f"{VICTIM}\n"), right
+
+
+def test_another_name_for_the_accounts_uid_needs_the_accounts_code(make_totp, nss_libdir):
+    # One uid is one account to the kernel: a second passwd name for it (toor beside
+    # root, a local entry that duplicates a directory's uid) shares its second factor.
+    totp = make_totp(config=POLICIES["allow"] + THROTTLE, user=VICTIM, uid=VICTIM_UID, nss=nss(nss_libdir),
+                     extra_users=({"name": "talias", "uid": VICTIM_UID},))
+    wrong, right = pam_logins(totp, [("talias", totp.wrong_code()), ("talias", oathtool_code(totp.secret))])
+    assert (wrong.name, wrong.prompts) == ("PAM_AUTH_ERR", [PROMPT])
+    assert (right.name, right.prompts) == ("PAM_SUCCESS", [PROMPT])
+    assert audit_lines(totp, "verify", 2)[0]["user"] == VICTIM
+
+
+def test_a_policy_list_naming_the_account_in_another_spelling_still_means_the_account(make_totp, nss_libdir):
+    # required_users = ["Tvictim"] must require tvictim: an unenrolled tvictim is then
+    # denied, where a list compared as written would not require it and let it in.
+    config = 'required_users = ["Tvictim"]\nunenrolled = "deny"\n' + THROTTLE
+    totp = make_totp(config=config, user=VICTIM, uid=VICTIM_UID, nss=nss(nss_libdir))
+    assert totpctl(totp, "reset", VICTIM).returncode == 0
+    (result,) = pam_logins(totp, [(VICTIM, "000000")])
+    assert result.name == "PAM_AUTH_ERR"
+    assert audit_lines(totp, "check", 1)[0]["result"] == "not_enrolled_denied"
