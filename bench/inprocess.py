@@ -5,7 +5,7 @@
                                         [--dir /dev/shm] [--pyinstrument]
 
 A real Service on a real SQLite store (sealed secrets, the schema, group commit)
-and the daemon's own request path (Daemon.answer: the parse, Service.handle_now,
+and the daemon's own request path (Daemon.answer: the parse, Service.handle,
 the batch and its commit, the verdict, the audit line's text, the reply's
 encoding), fed pre-encoded frames with no socket in between: first every account's
 `check`, then its `verify` with a valid fresh code, `--batch` requests per turn of

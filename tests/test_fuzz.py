@@ -203,28 +203,9 @@ class World:
             assert reply.status == "OK", reply
             self.learn(Request("enroll", {"user": user}), reply)
 
-    def call(self, request: Request, caller: Caller, now: bool = False) -> Reply:
-        """The service's answer, by `handle`, or with `now` as the daemon asks first: by
-        `handle_now`, and by `handle` only where handle_now declines."""
-        answer = self._call_now(request, caller) if now else self.service.handle(request, caller, self.session)
-        return self.loop.run_until_complete(asyncio.wait_for(answer, 30))
-
-    async def _call_now(self, request: Request, caller: Caller) -> Reply:
-        answered: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        calls: list[Reply] = []
-
-        def done(reply: Reply) -> None:
-            calls.append(reply)
-            if not answered.done():
-                answered.set_result(reply)
-
-        if not self.service.handle_now(request, caller, done):
-            assert not calls
-            return await self.service.handle(request, caller, self.session)
-        reply = await answered
-        await asyncio.sleep(0.01)  # long enough for a second answer to show up, if there were one
-        assert calls == [reply], "handle_now must answer exactly once"
-        return reply
+    def call(self, request: Request, caller: Caller) -> Reply:
+        """The service's answer, on its one path."""
+        return self.loop.run_until_complete(asyncio.wait_for(self.service.handle(request, caller, self.session), 30))
 
     def learn(self, request: Request, reply: Reply) -> None:
         if reply.status != "OK":
@@ -331,13 +312,13 @@ def test_service_fuzzing_never_raises_never_accepts_a_wrong_code_and_answers_onl
     seen: dict[str, int] = {}
 
     @settings(max_examples=400, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
-    @given(request=requests(), caller=CALLERS, now=st.booleans())
-    def run(request: Request, caller: Caller, now: bool) -> None:
+    @given(request=requests(), caller=CALLERS)
+    def run(request: Request, caller: Caller) -> None:
         try:  # what the daemon does first: only requests the parser lets through reach the service
             request = decode_request(encode_request(request.verb, request.fields)[HEADER_SIZE:])
         except ProtocolError:
             return
-        reply = world.call(request, caller, now)  # any exception fails the test
+        reply = world.call(request, caller)  # any exception fails the test
         assert reply.status in DOCUMENTED_STATUSES, reply
         assert reply.status != "UNAVAILABLE", reply  # the store is healthy: no excuse
         seen[reply.status] = seen.get(reply.status, 0) + 1
@@ -354,13 +335,13 @@ def test_service_fuzzing_never_raises_never_accepts_a_wrong_code_and_answers_onl
     assert seen.get("ACCEPTED", 0) >= 3 and seen.get("REJECTED", 0) >= 3, seen
 
 
-# -- the login's fast path (Service.handle_now) against handle --------------------------
+# -- a login through every verdict, and failing closed -------------------------------
 
 ROOT = Caller(1, 0, 0)
 
 
-def _login_story(world: World, now: bool) -> list[tuple[str, str]]:
-    """Every verdict a login can meet, in order, through one path: (status, message) each."""
+def _login_story(world: World) -> list[tuple[str, str]]:
+    """Every verdict a login can meet, in order: (status, message) each."""
     user = USERS[0]
     totp = TOTP(world.secrets[user][-1])
     right, recovery = totp.at(NOW), sorted(world.recovery[user])[0]
@@ -370,46 +351,31 @@ def _login_story(world: World, now: bool) -> list[tuple[str, str]]:
         Request("verify", {"user": user, "code": wrong, "service": "sshd"}),
         Request("verify", {"user": user, "code": right, "service": "sshd", "rhost": "192.0.2.1"}),
         Request("verify", {"user": user, "code": right, "service": "sudo"}),  # replayed
-        Request("verify", {"user": user, "code": recovery, "service": "sudo"}),  # the slow path, from handle_now
+        Request("verify", {"user": user, "code": recovery, "service": "sudo"}),
         Request("verify", {"user": user, "code": recovery, "service": "sudo"}),  # used up
         Request("check", {"user": "nobody-enrolled"}),
         Request("verify", {"user": "nobody-enrolled", "code": right}),
     ]
-    answers = [world.call(request, ROOT, now) for request in story]
+    answers = [world.call(request, ROOT) for request in story]
     while answers[-1].status != "LOCKED" and len(answers) < 400:
-        answers.append(world.call(Request("verify", {"user": user, "code": wrong}), ROOT, now))
-    answers.append(world.call(Request("check", {"user": user}), ROOT, now))
+        answers.append(world.call(Request("verify", {"user": user, "code": wrong}), ROOT))
+    answers.append(world.call(Request("check", {"user": user}), ROOT))
     return [(reply.status, reply.fields.get("message", "")) for reply in answers]
 
 
-def test_the_fast_path_of_a_login_answers_exactly_as_handle_does():
-    stories = {}
-    for now in (False, True):
-        fresh = World()
-        try:
-            stories[now] = _login_story(fresh, now)
-        finally:
-            fresh.close()
-    assert stories[True] == stories[False]
-    statuses = [status for status, _ in stories[True]]
+def test_a_login_meets_every_verdict_in_order():
+    fresh = World()
+    try:
+        story = _login_story(fresh)
+    finally:
+        fresh.close()
+    statuses = [status for status, _ in story]
     assert statuses[:6] == ["NEED_CODE", "REJECTED", "ACCEPTED", "REJECTED", "ACCEPTED", "REJECTED"], statuses
+    assert story[3][1] == "That code was already used; wait for the next one."
     assert statuses[-2:] == ["LOCKED", "LOCKED"], statuses
 
 
-def test_the_fast_path_declines_what_needs_a_lookup_and_everything_but_a_login():
-    fresh = World()
-    try:
-        never = lambda reply: pytest.fail(f"answered {reply}")  # noqa: E731
-        check = Request("check", {"user": USERS[0]})
-        assert not fresh.service.handle_now(check, Caller(1, 1000, 1000), never)  # self-service: a passwd lookup
-        assert not fresh.service.handle_now(check, Caller(1, 0, 0, granted="own"), never)
-        assert not fresh.service.handle_now(Request("status", {"user": USERS[0]}), ROOT, never)
-        assert fresh.call(check, Caller(1, 0, 0, granted="any"), now=True).status == "NEED_CODE"
-    finally:
-        fresh.close()
-
-
-def test_the_fast_path_fails_closed_on_a_store_error_and_on_a_bug(monkeypatch):
+def test_a_store_error_fails_closed_and_a_bug_reaches_the_daemon_as_an_exception(monkeypatch):
     fresh = World()
     try:
         code = TOTP(fresh.secrets[USERS[0]][-1]).at(NOW)
@@ -419,12 +385,12 @@ def test_the_fast_path_fails_closed_on_a_store_error_and_on_a_bug(monkeypatch):
             raise RuntimeError("a bug in the maths")
 
         monkeypatch.setattr(otp, "match_step", broken)
-        reply = fresh.call(verify, ROOT, now=True)
-        assert reply.status == "UNAVAILABLE" and "internal error" in reply.fields["message"], reply
+        with pytest.raises(RuntimeError):  # Daemon._handle answers it UNAVAILABLE "internal error"
+            fresh.call(verify, ROOT)
         monkeypatch.undo()
         fresh.store.close()
         for request in (verify, Request("check", {"user": USERS[0]})):
-            reply = fresh.call(request, ROOT, now=True)
+            reply = fresh.call(request, ROOT)
             assert reply.status == "UNAVAILABLE" and "cannot decide" in reply.fields["message"], reply
     finally:
         fresh.close()

@@ -25,7 +25,7 @@ import stat
 import struct
 import sys
 from collections import Counter
-from typing import Callable, Coroutine
+from typing import Callable
 
 from . import __version__, clock, config as config_module
 from .audit import Audit
@@ -155,33 +155,6 @@ def _set_owner_and_mode(path: str, gid: int, mode: int) -> None:
         raise TotpdError(f"{path}: cannot set the socket's group and mode: {exc.strerror}") from None
     finally:
         os.close(fd)
-
-
-def start_eagerly(coroutine: Coroutine[object, object, None], loop: asyncio.AbstractEventLoop) -> None:
-    """Run `coroutine` now, in this call, up to its first real wait, and resume it from
-    the done-callback of each future it awaits: a task without the Task.
-
-    A Task per request (its creation, a loop turn before it starts, its own wake-ups)
-    cost more than a `check` does (docs/performance.md); Python 3.12's
-    eager_task_factory is the same idea. The coroutine must catch its own exceptions
-    (Daemon._handle does) and must not need asyncio.current_task().
-    """
-
-    def step(_awaited: object = None) -> None:
-        try:
-            awaited = coroutine.send(None)
-        except StopIteration:
-            return
-        except Exception:  # the coroutine's own guard failed: a bug, never a decision
-            log.exception("internal error in a connection's request")
-            return
-        if awaited is None:  # a bare yield, as in asyncio.sleep(0)
-            loop.call_soon(step)
-        else:
-            awaited._asyncio_future_blocking = False  # type: ignore[attr-defined]
-            awaited.add_done_callback(step)  # type: ignore[attr-defined]
-
-    step()
 
 
 class Connection:
@@ -370,10 +343,13 @@ class Daemon:
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopping = asyncio.Event()
+        self._tasks: set[asyncio.Task] = set()  # requests being answered
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by serve()
 
     async def serve(self, sock: socket.socket, owns_path: bool) -> None:
         self.loop = asyncio.get_running_loop()
+        if hasattr(asyncio, "eager_task_factory"):  # Python 3.12+: a request runs until its first wait at once
+            self.loop.set_task_factory(asyncio.eager_task_factory)
         sock.setblocking(False)
         self._listener = sock
         self.loop.add_reader(sock.fileno(), self._accept)
@@ -485,11 +461,7 @@ class Daemon:
             del self._connections[uid]
 
     def answer(self, payload: bytes, caller: Caller, session: Session, done: Callable[[Reply], None]) -> None:
-        """Decode one request and have the service answer it; `done` gets the reply, once.
-
-        A login's check and verify take the service's path without a coroutine
-        (Service.handle_now); every other request runs as a coroutine started eagerly.
-        """
+        """Decode one request and have the service answer it; `done` gets the reply, once."""
         try:
             request = decode_request(payload)
         except ProtocolError as exc:
@@ -498,29 +470,20 @@ class Daemon:
             return
         self._in_flight += 1
         self._idle.clear()
+        task = self.loop.create_task(self._handle(request, caller, session, done))
+        self._tasks.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(self._tasks.discard)
 
-        def finish(reply: Reply) -> None:
-            self._in_flight -= 1
-            if not self._in_flight:
-                self._idle.set()
-            done(reply)
-
-        try:
-            if self.service.handle_now(request, caller, finish):
-                return
-        except Exception:  # a bug before its unit went to the store: fail closed
-            log.exception("internal error while handling '%s' from uid %d", request.verb, caller.uid)
-            finish(internal_error())
-            return
-        start_eagerly(self._handle(request, caller, session, finish), self.loop)
-
-    async def _handle(self, request: Request, caller: Caller, session: Session, finish: Callable[[Reply], None]) -> None:
+    async def _handle(self, request: Request, caller: Caller, session: Session, done: Callable[[Reply], None]) -> None:
         try:
             reply = await self.service.handle(request, caller, session)
         except Exception:  # a bug must cost one request, never the daemon: fail closed
             log.exception("internal error while handling '%s' from uid %d", request.verb, caller.uid)
             reply = internal_error()
-        finish(reply)
+        self._in_flight -= 1
+        if not self._in_flight:
+            self._idle.set()
+        done(reply)
 
 
 def freeze_startup_heap() -> None:

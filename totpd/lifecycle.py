@@ -1,0 +1,350 @@
+"""An account's life: enrollment and its confirmation, status, listing, reset,
+unlock, recovery codes, and bulk import.
+
+Every change is one store transaction, durable before the reply; argon2 work (new
+recovery codes, imported ones) runs on its own worker and only once every cheap
+check has passed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+
+from . import clock, decisions, identity, otp, recovery
+from .authorization import Caller
+from .context import Context, int_field, params_of, reply, request_params
+from .decisions import Verdict
+from .errors import ProtocolError
+from .login import Login
+from .protocol import MAX_LIST_LIMIT, MAX_REPLY_PAYLOAD, Reply, Request
+from .sealing import secret_context
+from .store import Account, Transaction
+
+LIST_REPLY_BUDGET = MAX_REPLY_PAYLOAD - 1024  # room for the status line and the other keys
+MAX_STAGED = 1_000_000
+
+
+@dataclasses.dataclass(frozen=True)
+class Staged:
+    """One account of a bulk import, sealed and waiting for import_commit."""
+
+    user: str
+    sealed: bytes
+    params: otp.Params
+    last_step: int
+    recovery_hashes: list[str] | None
+
+
+class Session:
+    """State one connection keeps between requests: a bulk import being staged."""
+
+    def __init__(self) -> None:
+        self.staged: dict[str, Staged] = {}
+
+
+class Lifecycle:
+    def __init__(self, ctx: Context, login: Login) -> None:
+        self.ctx = ctx
+        self.login = login  # a proof of the current enrollment is a verification
+
+    async def enroll(self, request: Request, caller: Caller) -> Reply:
+        ctx = self.ctx
+        user = request.user
+        admin = await ctx.authority.is_admin(caller)
+        if not admin and not (ctx.config.self_enroll and await ctx.authority.is_self(caller, user)):
+            ctx.audit(request, caller, "enroll", "forbidden", level="warning")
+            return reply("FORBIDDEN", f"uid {caller.uid} may not enroll account '{user}'")
+        if not await ctx.account_exists(user):
+            ctx.audit(request, caller, "enroll", "unknown_user")
+            return reply("UNKNOWN_USER", f"no account '{user}' on this host")
+        params = request_params(request)
+        if "secret" in request.fields:
+            try:
+                secret = otp.decode_secret(request.get("secret"))
+            except ValueError as exc:
+                raise ProtocolError(str(exc)) from None
+        else:
+            secret = otp.new_secret()
+        force, activate = request.flag("force"), request.flag("activate")
+        if not admin and activate:
+            return reply("FORBIDDEN", "only an administrator may enroll without confirming a first code")
+        proof = request.get("proof")
+        existing = await ctx.transact(lambda tx: tx.get(user))
+        assert existing is None or isinstance(existing, Account)
+        if existing is not None and existing.active:
+            if not force:
+                ctx.audit(request, caller, "enroll", "exists")
+                return reply("EXISTS", f"account '{user}' is already enrolled; use --force to replace it")
+            if not admin and not await self._prove(user, proof, caller):
+                ctx.audit(request, caller, "enroll", "proof_rejected", level="warning")
+                return reply("REJECTED", "Replacing an enrollment needs a current code or a recovery code.")
+        now = ctx.clock()
+        sealed = ctx.sealer.seal(secret, secret_context(user))
+        codes: list[str] = []
+        hashes: list[str] = []
+        if activate:
+            codes, hashes = await ctx.argon2.run(recovery.generate, ctx.config.recovery_codes)
+
+        def write(tx: Transaction) -> None:
+            same = ctx.same_secret(tx.get(user), secret, user)
+            tx.put_pending(user, sealed, params.algorithm, params.digits, params.period, now)
+            if activate:
+                tx.activate_pending(user, now, keep_replay_state=same)
+                tx.replace_recovery_codes(user, hashes)
+
+        await ctx.transact(write)
+        ctx.remembered.forget(user)
+        ctx.audit(request, caller, "enroll", "active" if activate else "pending")
+        if activate:
+            ctx.emit("enrolled", user=user)
+        issuer = request.get("issuer") or ctx.config.issuer_name
+        fields: dict[str, object] = {
+            "uri": otp.provisioning_uri(secret, user, issuer, params),
+            "secret": otp.encode_secret(secret),
+            "pending": 0 if activate else 1,
+        }
+        if activate:
+            fields["recovery_codes"] = " ".join(codes)
+        return reply("OK", **fields)  # type: ignore[arg-type]
+
+    async def _prove(self, user: str, proof: str, caller: Caller) -> bool:
+        """A current code or a recovery code for the account's active enrollment (consumed)."""
+        if not proof:
+            return False
+        answer = await self.login.verify(Request("verify", {"user": user, "code": proof, "service": "totpctl"}), caller)
+        return answer.status == "ACCEPTED"
+
+    async def confirm(self, request: Request, caller: Caller) -> Reply:
+        ctx = self.ctx
+        if refusal := await ctx.authorize(request, caller, allow_self=True):
+            return refusal
+        user, code, now = request.user, request.get("code").strip(), ctx.clock()
+
+        def judge(tx: Transaction) -> tuple[Verdict, int, bytes | None]:
+            """The cheap part first: a pending enrollment, no lock, the right code."""
+            account = tx.get(user)
+            if account is None or account.pending_secret is None:
+                return Verdict.NO_PENDING, -1, None
+            if decisions.is_locked(account, now):
+                return Verdict.LOCKED, -1, None
+            params = params_of(account, pending=True)
+            secret = ctx.sealer.open(account.pending_secret, secret_context(user))
+            # A first code has no replay state of its own yet: any step in the window will do.
+            verdict, step = decisions.judge_code(secret, params, code, now, ctx.config.window, -1)
+            if verdict is Verdict.REJECTED:
+                return ctx.fail(tx, account, now), -1, None
+            return verdict, step, account.pending_secret
+
+        verdict, step, pending = await ctx.transact(judge)  # type: ignore[misc]
+        if verdict is Verdict.ACCEPTED:
+            # Only a right code for a pending enrollment is worth the argon2 work.
+            codes, hashes = await ctx.argon2.run(recovery.generate, ctx.config.recovery_codes)
+
+            def activate(tx: Transaction) -> Verdict:
+                account = tx.get(user)
+                if account is None or account.pending_secret != pending:
+                    return Verdict.NO_PENDING  # confirmed, replaced or reset meanwhile
+                secret = ctx.sealer.open(pending, secret_context(user))
+                tx.activate_pending(user, now, keep_replay_state=ctx.same_secret(account, secret, user))
+                tx.advance_step(user, step)
+                tx.replace_recovery_codes(user, hashes)
+                return Verdict.CONFIRMED
+
+            verdict = await ctx.transact(activate)
+        ctx.audit(request, caller, "confirm", verdict.value)
+        if verdict is Verdict.CONFIRMED:
+            ctx.remembered.forget(user)
+            ctx.emit("enrolled", user=user)
+            return reply("OK", recovery_codes=" ".join(codes))
+        if verdict is Verdict.NO_PENDING:
+            return reply("NOT_ENROLLED", f"account '{user}' has no enrollment waiting for confirmation")
+        if verdict is Verdict.REJECTED:
+            return reply("REJECTED", "Wrong verification code; the enrollment is still pending.")
+        return reply("LOCKED", "Too many wrong codes; wait, or ask an administrator to unlock the account.")
+
+    async def status(self, request: Request, caller: Caller) -> Reply:
+        ctx = self.ctx
+        if refusal := await ctx.authorize(request, caller, allow_self=True):
+            return refusal
+        user = request.user
+
+        def read(tx: Transaction) -> tuple[Account | None, int]:
+            return tx.get(user), len(tx.recovery_hashes(user))
+
+        account, left = await ctx.transact(read)  # type: ignore[misc]
+        if account is None:
+            return reply("NOT_ENROLLED", f"account '{user}' is not enrolled")
+        synced = clock.synchronized()
+        return reply(
+            "OK", **describe(account, left, ctx.clock()), clock_synchronized="unknown" if synced is None else int(synced)
+        )
+
+    async def list_accounts(self, request: Request, caller: Caller) -> Reply:
+        ctx = self.ctx
+        if refusal := await ctx.admin_only(request, caller, "list", "list accounts"):
+            return refusal
+        offset = int_field(request, "offset", 0)
+        limit = min(int_field(request, "limit", MAX_LIST_LIMIT), MAX_LIST_LIMIT)
+        if offset < 0 or limit < 1:
+            raise ProtocolError("'offset' must be 0 or more and 'limit' 1 or more")
+
+        def read(tx: Transaction) -> tuple[int, list[tuple[Account, int]]]:
+            return tx.count(), tx.page(offset, limit)
+
+        total, page = await ctx.transact(read)  # type: ignore[misc]
+        now = ctx.clock()
+        # Return as many entries as fit in one reply; the client pages on from offset + count.
+        entries: list[str] = []
+        size = 0
+        for account, left in page:
+            entry = json.dumps(dict(user=account.user, **describe(account, left, now)), separators=(",", ":"))
+            if size + len(entry) + 1 > LIST_REPLY_BUDGET and entries:
+                break
+            entries.append(entry)
+            size += len(entry) + 1
+        return reply("OK", total=total, count=len(entries), accounts="[" + ",".join(entries) + "]")
+
+    async def reset(self, request: Request, caller: Caller) -> Reply:
+        ctx = self.ctx
+        if refusal := await ctx.authorize(request, caller, allow_self=False):
+            return refusal
+        deleted = await ctx.transact(lambda tx: tx.delete(request.user))
+        ctx.audit(request, caller, "reset", "done" if deleted else "not_enrolled", level="warning")
+        if not deleted:
+            return reply("NOT_ENROLLED", f"account '{request.user}' is not enrolled")
+        ctx.remembered.forget(request.user)
+        ctx.emit("reset", user=request.user)
+        return reply("OK")
+
+    async def unlock(self, request: Request, caller: Caller) -> Reply:
+        ctx = self.ctx
+        if refusal := await ctx.authorize(request, caller, allow_self=False):
+            return refusal
+        user = request.user
+
+        def unlock(tx: Transaction) -> bool:
+            if tx.get(user) is None:
+                return False
+            tx.set_failures(user, 0, 0.0, False)
+            return True
+
+        done = await ctx.transact(unlock)
+        ctx.audit(request, caller, "unlock", "done" if done else "not_enrolled")
+        if not done:
+            return reply("NOT_ENROLLED", f"account '{user}' is not enrolled")
+        ctx.emit("unlocked", user=user)
+        return reply("OK")
+
+    async def recovery_codes(self, request: Request, caller: Caller) -> Reply:
+        ctx = self.ctx
+        if refusal := await ctx.authorize(request, caller, allow_self=True):
+            return refusal
+        user = request.user
+        account = await ctx.transact(lambda tx: tx.get(user))
+        if not isinstance(account, Account) or not account.active:
+            return reply("NOT_ENROLLED", f"account '{user}' is not enrolled")
+        if not await ctx.authority.is_admin(caller) and not await self._prove(user, request.get("proof"), caller):
+            ctx.audit(request, caller, "recovery_codes", "proof_rejected", level="warning")
+            return reply("REJECTED", "New recovery codes need a current code or a recovery code.")
+        codes, hashes = await ctx.argon2.run(recovery.generate, ctx.config.recovery_codes)
+        await ctx.transact(lambda tx: tx.replace_recovery_codes(user, hashes))
+        ctx.audit(request, caller, "recovery_codes", "regenerated", level="warning")
+        return reply("OK", recovery_codes=" ".join(codes))
+
+
+    # -- bulk import: import_add stages on the connection, import_commit writes all at once --
+
+    async def import_add(self, request: Request, caller: Caller, session: Session) -> Reply:
+        ctx = self.ctx
+        if refusal := await ctx.admin_only(request, caller, "import", "import accounts"):
+            return refusal
+        user = request.user
+        if user in session.staged:
+            raise ProtocolError(f"account '{user}' appears twice in this import")
+        if len(session.staged) >= MAX_STAGED:
+            raise ProtocolError(f"an import holds at most {MAX_STAGED} accounts; split the file")
+        try:
+            secret = otp.decode_secret(request.get("secret"))
+            params = request_params(request)
+        except (ValueError, ProtocolError) as exc:
+            raise ProtocolError(f"{user}: {exc}") from None
+        raw_step = request.get("last_step", "-1")
+        if not re.fullmatch(r"-1|\d{1,15}", raw_step):
+            raise ProtocolError("'last_step' must be -1 or a whole number")
+        last_step = int(raw_step)
+        hashes = None
+        if "recovery_codes" in request.fields:
+            codes = request.get("recovery_codes").split()
+            hashes = await ctx.argon2.run(recovery.hash_codes, codes)
+        session.staged[user] = Staged(user, ctx.sealer.seal(secret, secret_context(user)), params, last_step, hashes)
+        return reply("OK", staged=len(session.staged))
+
+    async def import_commit(self, request: Request, caller: Caller, session: Session) -> Reply:
+        ctx = self.ctx
+        if refusal := await ctx.admin_only(request, caller, "import", "import accounts"):
+            return refusal
+        staged, session.staged = list(session.staged.values()), {}
+        force, dry_run = request.flag("force"), request.flag("dry_run")
+        if ctx.config.check_accounts:
+            unknown = await ctx.nss.run(lambda: [item.user for item in staged if identity.lookup(item.user) is None])
+            if unknown:
+                return reply(
+                    "UNKNOWN_USER",
+                    f"{len(unknown)} account(s) do not exist on this host, e.g. '{unknown[0]}'; nothing was imported",
+                    unknown_users=json.dumps(unknown[:100]),
+                )
+        now = ctx.clock()
+
+        def commit(tx: Transaction) -> tuple[list[str], list[str], list[str]]:
+            created: list[str] = []
+            replaced: list[str] = []
+            skipped: list[str] = []
+            for item in staged:
+                existing = tx.get(item.user)
+                if existing is not None and existing.active and not force:
+                    skipped.append(item.user)
+                    continue
+                (replaced if existing is not None else created).append(item.user)
+                if dry_run:
+                    continue
+                same = existing is not None and existing.active and ctx.same_secret(
+                    existing, ctx.sealer.open(item.sealed, secret_context(item.user)), item.user
+                )
+                tx.put_pending(item.user, item.sealed, item.params.algorithm, item.params.digits, item.params.period, now)
+                tx.activate_pending(item.user, now, keep_replay_state=same)
+                if item.last_step >= 0:
+                    tx.advance_step(item.user, item.last_step)
+                tx.replace_recovery_codes(item.user, item.recovery_hashes or [])
+            return created, replaced, skipped
+
+        created, replaced, skipped = await ctx.transact(commit)  # type: ignore[misc]
+        if not dry_run:
+            for user in created + replaced:
+                ctx.remembered.forget(user)
+                ctx.audit_trail.record("import", "active", user=user, uid=caller.uid)
+        ctx.audit(
+            request, caller, "import", "dry_run" if dry_run else "committed",
+            detail=f"created={len(created)} replaced={len(replaced)} skipped={len(skipped)}",
+        )
+        return reply(
+            "OK", created=len(created), replaced=len(replaced), skipped=len(skipped),
+            skipped_users=json.dumps(skipped[:100]), dry_run=int(dry_run),
+        )
+
+
+def describe(account: Account, recovery_left: int, now: float) -> dict[str, object]:
+    return {
+        "enrolled": int(account.active),
+        "pending": int(account.pending_secret is not None),
+        "locked": int(account.locked),
+        "locked_until": int(account.locked_until) if account.locked_until > now else 0,
+        "failures": account.failures,
+        "recovery_codes_left": recovery_left,
+        "algorithm": account.algorithm,
+        "digits": account.digits,
+        "period": account.period,
+        "created": int(account.created),
+        "confirmed": int(account.confirmed) if account.confirmed else "",
+    }

@@ -1,0 +1,169 @@
+"""A login's two verbs: `check` (must this login give a code?) and `verify` (is it good?).
+
+This is the one place that decides "accepted". Each verification is one store
+transaction that reads the account, judges the code (decisions.py) and records the
+outcome, committed before the reply exists; a recovery code takes a second one,
+after its argon2 search on the argon2 worker.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, NamedTuple, Sequence
+
+from . import decisions, identity, otp, recovery
+from .audit import quote
+from .authorization import Caller, is_pam
+from .context import Context, params_of, reply
+from .decisions import Verdict
+from .policy import local_today
+from .protocol import Reply, Request
+from .sealing import secret_context
+from .store import Account, Transaction
+
+log = logging.getLogger("totpd")
+
+PROMPT = "Verification code: "
+
+# A verdict's reply status, its message (LOCKED's is made per account) and audit level.
+VERDICT_REPLIES: dict[Verdict, tuple[str, str, str]] = {
+    Verdict.ACCEPTED: ("ACCEPTED", "", "info"),
+    Verdict.RECOVERY_ACCEPTED: (
+        "ACCEPTED", "A recovery code was used; each works only once. Check how many are left: totpctl status", "warning"
+    ),
+    Verdict.REPLAYED: ("REJECTED", "That code was already used; wait for the next one.", "warning"),
+    Verdict.REJECTED: ("REJECTED", "Wrong verification code.", "info"),
+    Verdict.NOW_LOCKED: ("LOCKED", "", "warning"),
+    Verdict.LOCKED: ("LOCKED", "", "info"),
+}
+
+
+class Judged(NamedTuple):
+    """A verification's verdict, the account as its transaction read it, and what follows."""
+
+    verdict: Verdict
+    account: Account | None
+    offset: int = 0  # accepted: the code's time step less this host's
+    miss: Verdict | None = None  # try_recovery: the verdict (already counted) if no recovery code matches
+    hashes: Sequence[tuple[int, str]] = ()  # try_recovery: the account's recovery-code hashes
+
+
+class Login:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    async def check(self, request: Request, caller: Caller) -> Reply:
+        ctx = self.ctx
+        if refusal := await ctx.authorize(request, caller, allow_self=True):
+            return refusal
+        user, now = request.user, ctx.clock()
+        account = await ctx.transact(lambda tx: tx.get(user))
+        assert account is None or isinstance(account, Account)
+        if account is None or not account.active:
+            return await self.unenrolled(request, caller, "check")
+        if decisions.is_locked(account, now):
+            ctx.audit(request, caller, "check", "locked")
+            return reply("LOCKED", ctx.policy.locked_message(user, account.locked, account.locked_until, now))
+        if is_pam(caller) and ctx.remembered.recalls(user, request.get("service"), request.get("rhost")):
+            ctx.audit(request, caller, "check", "accepted_remembered_host")
+            return reply("ACCEPTED")
+        return reply("NEED_CODE", prompt=PROMPT)
+
+    async def unenrolled(self, request: Request, caller: Caller, event: str) -> Reply:
+        """What a login of an account with no active enrollment gets: the policy's answer."""
+        ctx = self.ctx
+        if not await ctx.account_exists(request.user):
+            ctx.audit(request, caller, event, "unknown_user")
+            return reply("UNKNOWN_USER")
+        rules = await ctx.canonical_rules(ctx.policy.rules(request.get("service")))
+        groups = await ctx.nss.run(identity.groups_of, request.user) if rules.needs_groups else frozenset()
+        outcome = ctx.policy.unenrolled(rules, request.user, groups, local_today(ctx.clock()))
+        ctx.audit(request, caller, event, "not_enrolled_" + outcome.status.lower())
+        return reply(outcome.status, outcome.message)
+
+    async def verify(self, request: Request, caller: Caller) -> Reply:
+        ctx = self.ctx
+        if refusal := await ctx.authorize(request, caller, allow_self=True):
+            return refusal
+        user, code, now = request.user, request.get("code").strip(), ctx.clock()
+        judged = await ctx.transact(self._judge(user, code, now))
+        assert isinstance(judged, Judged)
+        if judged.verdict is Verdict.TRY_RECOVERY:
+            judged = await self._try_recovery(user, code, judged)
+        if judged.verdict is Verdict.UNENROLLED:
+            return await self.unenrolled(request, caller, "verify")
+        return self._answer(request, caller, judged, now)
+
+    def _judge(self, user: str, code: str, now: float) -> Callable[[Transaction], Judged]:
+        """The one transaction that judges a code as a TOTP code.
+
+        A code that could not be a TOTP code is left to the recovery codes: it is
+        counted as a failure here, before any argon2 work, so the throttle bounds that
+        work as it bounds guesses (a recovery code that matches clears the count).
+        """
+        ctx, window = self.ctx, self.ctx.config.window
+
+        def judge(tx: Transaction) -> Judged:
+            account = tx.get(user)
+            if barred := decisions.barred(account, now):
+                return Judged(barred, account)
+            assert account is not None
+            params = params_of(account)
+            if not otp.looks_like_totp(code, params):
+                miss = ctx.fail(tx, account, now)
+                return Judged(Verdict.TRY_RECOVERY, account, miss=miss, hashes=tx.recovery_hashes(user))
+            secret = ctx.sealer.open(account.secret or b"", secret_context(user))
+            verdict, step = decisions.judge_code(secret, params, code, now, window, account.last_step)
+            if verdict is Verdict.REJECTED:
+                return Judged(ctx.fail(tx, account, now), account)
+            if verdict is Verdict.REPLAYED or not tx.advance_step(user, step):
+                return Judged(Verdict.REPLAYED, account)
+            return Judged(Verdict.ACCEPTED, account, offset=step - otp.time_step(now, params))
+
+        return judge
+
+    async def _try_recovery(self, user: str, code: str, judged: Judged) -> Judged:
+        """A recovery code in place of a TOTP code, its failure already counted (_judge).
+
+        The argon2 checks run on their own worker; a code that matches is consumed and
+        clears the failure count, one that does not leaves the verdict counted before.
+        """
+        found = await self.ctx.argon2.run(recovery.find, code, judged.hashes) if judged.hashes else None
+
+        def consume(tx: Transaction) -> Judged:
+            account = tx.get(user)
+            if account is None or not account.active:
+                return Judged(Verdict.UNENROLLED, account)  # reset meanwhile
+            if found is not None and tx.use_recovery_code(user, found):
+                tx.set_failures(user, 0, 0.0, False)
+                return Judged(Verdict.RECOVERY_ACCEPTED, account)
+            assert judged.miss is not None
+            return Judged(judged.miss, account)
+
+        return await self.ctx.transact(consume)  # type: ignore[return-value]
+
+    def _answer(self, request: Request, caller: Caller, judged: Judged, now: float) -> Reply:
+        """What follows a verdict: the clock-drift line, remembered hosts, events, the audit line, the reply."""
+        ctx, user, verdict = self.ctx, request.user, judged.verdict
+        if abs(judged.offset) >= 2:  # only an accepted code says where the phone's clock is
+            log.warning(
+                "an accepted code for %s was %+d steps from this host's clock: the phone's or this host's clock"
+                " is likely off", quote(user), judged.offset,
+            )
+        service, rhost = request.get("service"), request.get("rhost")
+        if verdict in (Verdict.ACCEPTED, Verdict.RECOVERY_ACCEPTED) and is_pam(caller):
+            ctx.remembered.remember(user, service, rhost, ctx.policy.rules(service).remember_host)
+        elif verdict in (Verdict.REJECTED, Verdict.NOW_LOCKED, Verdict.REPLAYED):
+            ctx.remembered.forget(user)
+        if verdict is Verdict.RECOVERY_ACCEPTED:
+            ctx.emit("recovery_code_used", user=user, service=service, rhost=rhost)
+        if verdict is Verdict.NOW_LOCKED:
+            ctx.emit("locked", user=user, service=service, rhost=rhost)
+        status, message, level = VERDICT_REPLIES[verdict]
+        if verdict is Verdict.NOW_LOCKED:
+            message = ctx.policy.locked_message(user, True, 0.0, now)
+        elif verdict is Verdict.LOCKED:
+            assert judged.account is not None
+            message = ctx.policy.locked_message(user, judged.account.locked, judged.account.locked_until, now)
+        ctx.audit(request, caller, "verify", verdict.value, level=level)
+        return reply(status, message)
