@@ -3,8 +3,7 @@
  *
  * The module never sees a secret. It asks the totpd daemon whether the account
  * needs a code (`check`), prompts through the PAM conversation, sends the answer
- * (`verify`: on the same connection if it came within a second, else on a new
- * one) and maps the daemon's status to a PAM return code. The wire format is
+ * (`verify`, on a new connection) and maps the daemon's status to a PAM return code. The wire format is
  * docs/protocol.md, version 1. Any doubt - daemon missing, socket or peer not
  * trusted, timeout, malformed reply - fails closed with PAM_AUTHINFO_UNAVAIL;
  * nothing here ever turns "no answer" into success.
@@ -62,7 +61,6 @@
 #define DEFAULT_FORWARD_PROMPT "Password & verification code: "
 #define DEFAULT_DIGITS 6
 #define CONNECT_RETRY_MS 10 /* pause before retrying a connect to a full backlog */
-#define KEEP_MS 1000 /* the check's connection carries the verify if the answer came this soon */
 #define PWBUF_INITIAL 4096
 #define PWBUF_MAX (1024 * 1024)
 
@@ -240,8 +238,7 @@ struct context {
     uid_t daemon_uid;
     bool daemon_uid_looked_up; /* daemon_user is resolved only when a uid other than 0 needs judging */
     bool daemon_uid_known;     /* false: daemon_user does not exist, only root is trusted */
-    int fd;                    /* the connection of the check, kept for the verify; -1: none */
-    int64_t fd_used_ms;        /* when that connection last carried a reply (CLOCK_MONOTONIC) */
+    int fd;                    /* the connection of the current exchange; -1: none */
 };
 
 static void lookup_daemon_user(struct context *ctx)
@@ -503,18 +500,16 @@ static int send_all(int fd, const unsigned char *buf, size_t len, int64_t deadli
     return 0;
 }
 
-/* Read exactly len bytes by the deadline; *done says how many arrived. */
-static int recv_exact(int fd, unsigned char *buf, size_t len, int64_t deadline, size_t *done_out)
+/* Read exactly len bytes by the deadline. */
+static int recv_exact(int fd, unsigned char *buf, size_t len, int64_t deadline)
 {
     size_t done = 0;
 
-    *done_out = 0;
     while (done < len) {
         ssize_t n = recv(fd, buf + done, len - done, 0);
 
         if (n > 0) {
             done += (size_t)n;
-            *done_out = done;
         } else if (n == 0) {
             errno = ECONNRESET; /* closed before a whole frame arrived */
             return -1;
@@ -624,35 +619,34 @@ static bool parse_reply(const unsigned char *payload, size_t len, struct reply *
     return true;
 }
 
-/*
- * One request and its reply on ctx->fd, all by `deadline`. *retry is set when the
- * daemon had hung up before taking the request (the send failed, or the connection
- * closed before a byte of reply): only then may the request go again, on a new
- * connection, without having been seen twice.
- */
-static int exchange_on(struct context *ctx, const struct request *req, struct reply *reply,
-                       int64_t deadline, bool *retry)
+static void drop_connection(struct context *ctx)
+{
+    if (ctx->fd >= 0)
+        close(ctx->fd);
+    ctx->fd = -1;
+}
+
+/* One exchange on a new connection (connect & check peer), all within opts.timeout_ms. */
+static int exchange(struct context *ctx, const struct request *req, struct reply *reply)
 {
     pam_handle_t *pamh = ctx->pamh;
+    int64_t deadline = now_ms() + ctx->opts.timeout_ms;
     unsigned char header[FRAME_HEADER_SIZE];
     unsigned char payload[MAX_AUTH_REPLY_PAYLOAD];
     uint32_t length;
-    size_t got = 0;
+    int ret;
 
-    *retry = false;
+    ret = connect_daemon(ctx, deadline, &ctx->fd);
+    if (ret != PAM_SUCCESS)
+        return ret;
+    ret = PAM_AUTHINFO_UNAVAIL;
     if (send_all(ctx->fd, req->frame, req->len, deadline) != 0) {
-        *retry = errno == EPIPE || errno == ECONNRESET;
-        if (!*retry || ctx->opts.debug)
-            pam_syslog(pamh, *retry ? LOG_DEBUG : LOG_ERR, "cannot send to totpd at %s: %m",
-                       ctx->opts.socket_path);
-        return PAM_AUTHINFO_UNAVAIL;
+        pam_syslog(pamh, LOG_ERR, "cannot send to totpd at %s: %m", ctx->opts.socket_path);
+        goto out;
     }
-    if (recv_exact(ctx->fd, header, sizeof header, deadline, &got) != 0) {
-        *retry = got == 0 && errno == ECONNRESET;
-        if (!*retry || ctx->opts.debug)
-            pam_syslog(pamh, *retry ? LOG_DEBUG : LOG_ERR, "no reply from totpd at %s: %m",
-                       ctx->opts.socket_path);
-        return PAM_AUTHINFO_UNAVAIL;
+    if (recv_exact(ctx->fd, header, sizeof header, deadline) != 0) {
+        pam_syslog(pamh, LOG_ERR, "no reply from totpd at %s: %m", ctx->opts.socket_path);
+        goto out;
     }
     length = (uint32_t)header[4] << 24 | (uint32_t)header[5] << 16 |
              (uint32_t)header[6] << 8 | (uint32_t)header[7];
@@ -661,74 +655,22 @@ static int exchange_on(struct context *ctx, const struct request *req, struct re
         length > MAX_AUTH_REPLY_PAYLOAD) {
         pam_syslog(pamh, LOG_ERR, "malformed reply header from totpd at %s",
                    ctx->opts.socket_path);
-        return PAM_AUTHINFO_UNAVAIL;
+        goto out;
     }
-    if (recv_exact(ctx->fd, payload, length, deadline, &got) != 0) {
+    if (recv_exact(ctx->fd, payload, length, deadline) != 0) {
         pam_syslog(pamh, LOG_ERR, "incomplete reply from totpd at %s: %m",
                    ctx->opts.socket_path);
-        return PAM_AUTHINFO_UNAVAIL;
+        goto out;
     }
     if (!parse_reply(payload, length, reply)) {
         pam_syslog(pamh, LOG_ERR, "malformed reply payload from totpd at %s",
                    ctx->opts.socket_path);
-        return PAM_AUTHINFO_UNAVAIL;
+        goto out;
     }
-    return PAM_SUCCESS;
-}
-
-static void drop_connection(struct context *ctx)
-{
-    if (ctx->fd >= 0)
-        close(ctx->fd);
-    ctx->fd = -1;
-}
-
-/*
- * Is the connection kept from the check still worth using? Only if its last reply
- * came within KEEP_MS (the daemon closes idle connections after its read_timeout,
- * seconds) and the daemon has not hung up or sent anything since.
- */
-static bool connection_fresh(const struct context *ctx)
-{
-    struct pollfd pfd = {.fd = ctx->fd, .events = POLLIN | POLLRDHUP};
-
-    if (ctx->fd < 0 || now_ms() - ctx->fd_used_ms > KEEP_MS)
-        return false;
-    return poll(&pfd, 1, 0) == 0;
-}
-
-/*
- * One exchange, all within opts.timeout_ms: on the connection kept from the check
- * if it is fresh, else on a new one (connect & check peer). A kept connection the
- * daemon closed before taking the request is replaced by a new one, once. With
- * `keep`, the connection stays open for the next exchange; otherwise it is closed.
- */
-static int exchange(struct context *ctx, const struct request *req, struct reply *reply,
-                    bool keep)
-{
-    int64_t deadline = now_ms() + ctx->opts.timeout_ms;
-    bool reused = connection_fresh(ctx);
-    bool retry = false;
-    int ret;
-
-    if (!reused)
-        drop_connection(ctx);
-    for (;;) {
-        if (ctx->fd < 0) {
-            ret = connect_daemon(ctx, deadline, &ctx->fd);
-            if (ret != PAM_SUCCESS)
-                return ret;
-        }
-        ret = exchange_on(ctx, req, reply, deadline, &retry);
-        if (ret == PAM_SUCCESS && keep) {
-            ctx->fd_used_ms = now_ms();
-            return ret;
-        }
-        drop_connection(ctx);
-        if (ret == PAM_SUCCESS || !reused || !retry)
-            return ret;
-        reused = false; /* the kept connection was gone: once more, on a new one */
-    }
+    ret = PAM_SUCCESS;
+out:
+    drop_connection(ctx);
+    return ret;
 }
 
 /* ------------------------------------------------------ map & messages */
@@ -945,7 +887,7 @@ PAM_EXTERN int pam_sm_authenticate(pam_handle_t *pamh, int flags, int argc, cons
         ret = PAM_AUTHINFO_UNAVAIL;
         goto cleanup;
     }
-    ret = exchange(&ctx, &req, &reply, true);
+    ret = exchange(&ctx, &req, &reply);
     if (ret != PAM_SUCCESS) {
         pam_error(pamh, "%s", UNAVAILABLE_TEXT);
         goto cleanup;
@@ -967,8 +909,7 @@ PAM_EXTERN int pam_sm_authenticate(pam_handle_t *pamh, int flags, int argc, cons
     if (ret != PAM_SUCCESS)
         goto cleanup;
 
-    /* answer: on the check's connection if the answer came within KEEP_MS, else on a
-     * new one (a person typing takes longer than the daemon keeps an idle connection) */
+    /* answer */
     request_start(&req, "verify");
     request_add(&req, "user", user);
     request_add(&req, "service", service);
@@ -981,7 +922,7 @@ PAM_EXTERN int pam_sm_authenticate(pam_handle_t *pamh, int flags, int argc, cons
         goto cleanup;
     }
     memset(&reply, 0, sizeof reply);
-    ret = exchange(&ctx, &req, &reply, false);
+    ret = exchange(&ctx, &req, &reply);
     if (ret != PAM_SUCCESS) {
         pam_error(pamh, "%s", UNAVAILABLE_TEXT);
         goto cleanup;

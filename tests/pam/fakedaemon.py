@@ -88,10 +88,6 @@ class Received:
     peer_uid: int
 
 
-class Final(bytes):
-    """Bytes after which the connection closes, even on a persistent fake daemon."""
-
-
 # A handler gets the request and returns the bytes to send (then the connection
 # closes, unless the daemon is persistent), or None to never answer (the connection
 # stays open until stop()). b"" closes the connection without a reply.
@@ -180,7 +176,7 @@ class FakeDaemon:
         if not answer:
             return False
         conn.sendall(answer)
-        return not isinstance(answer, Final)
+        return True
 
     def stop(self) -> None:
         self._stopping.set()
