@@ -186,7 +186,7 @@ def test_silent_flag_hides_info_messages(stack, fake_daemon):
                                  verify=reply("ACCEPTED", message="Welcome.")))
     result = stack.auth("123456", flags=PAM_SILENT)
     assert result.retcode == PAM_SUCCESS
-    assert result.messages == [(PAM_PROMPT_ECHO_OFF, "Code: ")]
+    assert result.messages == [(PAM_PROMPT_ECHO_OFF, "Verification code: ")]
 
 
 def test_silent_flag_still_shows_refusals(stack, fake_daemon):
@@ -199,7 +199,7 @@ def test_silent_flag_still_shows_refusals(stack, fake_daemon):
 def test_need_code_message_is_shown_as_info_before_the_prompt(stack, fake_daemon):
     fake_daemon(standard_handler(check=reply("NEED_CODE", prompt="Code: ", message="Enroll by May 1.")))
     result = stack.auth("123456")
-    assert result.messages[:2] == [(PAM_TEXT_INFO, "Enroll by May 1."), (PAM_PROMPT_ECHO_OFF, "Code: ")]
+    assert result.messages[:2] == [(PAM_TEXT_INFO, "Enroll by May 1."), (PAM_PROMPT_ECHO_OFF, "Verification code: ")]
 
 
 def test_unavailable_status_without_message_tells_the_person_what_to_do(stack, fake_daemon):
@@ -211,12 +211,12 @@ def test_unavailable_status_without_message_tells_the_person_what_to_do(stack, f
 
 # ---------------------------------------------------------------- prompts
 
-def test_daemons_prompt_is_used_when_no_prompt_option(stack, fake_daemon):
+def test_the_module_owns_the_prompt_whatever_the_daemon_sends(stack, fake_daemon):
     fake_daemon(standard_handler(check=reply("NEED_CODE", prompt="One-time code: ")))
-    assert stack.auth("123456").prompts == ["One-time code: "]
+    assert stack.auth("123456").prompts == ["Verification code: "]
 
 
-def test_prompt_option_overrides_the_daemons_prompt(stack, fake_daemon):
+def test_prompt_option_sets_the_prompt(stack, fake_daemon):
     fake_daemon(standard_handler(check=reply("NEED_CODE", prompt="One-time code: ")))
     stack.write("[prompt=Authenticator code: ]")
     assert stack.auth("123456").prompts == ["Authenticator code: "]
