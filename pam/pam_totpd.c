@@ -16,6 +16,7 @@
 #define _GNU_SOURCE
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <pwd.h>
 #include <stdbool.h>
@@ -226,6 +227,25 @@ static int connect_by(int fd, const struct sockaddr_un *addr, int64_t deadline)
     return 0;
 }
 
+/*
+ * A socket descriptor above 2 (SSSD's make_safe_fd): with a standard descriptor
+ * closed, the application's own reads and writes of it would reach the daemon.
+ */
+static int safe_socket(void)
+{
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+
+    if (fd >= 0 && fd <= STDERR_FILENO) {
+        int moved = fcntl(fd, F_DUPFD_CLOEXEC, STDERR_FILENO + 1);
+        int saved = errno;
+
+        close(fd);
+        errno = saved;
+        fd = moved;
+    }
+    return fd;
+}
+
 /* A connection to the daemon, or -1 (logged) for a socket or peer we do not trust. */
 static int connect_daemon(struct context *ctx, int64_t deadline)
 {
@@ -252,7 +272,7 @@ static int connect_daemon(struct context *ctx, int64_t deadline)
                    path, ctx->opts.daemon_user, (unsigned int)st.st_uid);
         return -1;
     }
-    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    fd = safe_socket();
     if (fd < 0) {
         pam_syslog(pamh, LOG_ERR, "socket(AF_UNIX): %m");
         return -1;

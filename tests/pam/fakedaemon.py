@@ -88,6 +88,7 @@ class Received:
     fields: dict[str, str]
     keys: list[str]  # in order, duplicates kept
     peer_uid: int
+    peer_pid: int
 
 
 # A handler gets the request and returns the bytes to send (then the connection
@@ -148,15 +149,15 @@ class FakeDaemon:
         try:
             conn.settimeout(10)
             creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-            _pid, uid, _gid = struct.unpack("3i", creds)
-            while self._exchange(conn, uid, verbs) and self.persistent:
+            pid, uid, _gid = struct.unpack("3i", creds)
+            while self._exchange(conn, pid, uid, verbs) and self.persistent:
                 pass
         except (EOFError, OSError):
             pass
         finally:
             conn.close()
 
-    def _exchange(self, conn: socket.socket, uid: int, verbs: list[str]) -> bool:
+    def _exchange(self, conn: socket.socket, pid: int, uid: int, verbs: list[str]) -> bool:
         """Read one request and answer it; False when the connection is done."""
         header = _recv_exact(conn, HEADER.size)
         _magic, _version, _flags, length = HEADER.unpack(header)
@@ -167,7 +168,7 @@ class FakeDaemon:
             key, _, value = line.partition("=")
             keys.append(key)
             fields[key] = value
-        received = Received(header + payload, lines[0], fields, keys, uid)
+        received = Received(header + payload, lines[0], fields, keys, uid, pid)
         with self._lock:
             self.received.append(received)
             verbs.append(received.verb)

@@ -3,8 +3,13 @@ what the person sees, and the options that change the conversation."""
 
 from __future__ import annotations
 
+import json
 import os
 import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +18,8 @@ from pamdriver import (
     PAM_AUTH_ERR, PAM_AUTHINFO_UNAVAIL, PAM_CONV_ERR, PAM_ERROR_MSG, PAM_MAXTRIES, PAM_PERM_DENIED,
     PAM_PROMPT_ECHO_OFF, PAM_SILENT, PAM_SUCCESS, PAM_TEXT_INFO, PAM_USER_UNKNOWN,
 )
+
+HERE = Path(__file__).resolve().parent
 
 VECTOR_3_CHECK_ALICE_SUDO = bytes.fromhex(
     "5444 0100 0000 001e 636865636b0a757365723d616c6963650a736572766963653d7375646f0a".replace(" ", ""))
@@ -69,6 +76,38 @@ def test_a_verify_the_daemon_drops_without_a_reply_is_never_sent_again(stack, fa
     server = fake_daemon(lambda request: reply("NEED_CODE") if request.verb == "check" else b"")
     assert stack.auth("123456").retcode == PAM_AUTHINFO_UNAVAIL
     assert server.per_connection == [["check"], ["verify"]]
+
+
+CLOSED_STDIO_DRIVER = textwrap.dedent("""
+    import json, os, sys
+    sys.path.insert(0, sys.argv[1])
+    import pamdriver
+    out = os.open(sys.argv[2], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    for fd in (0, 1, 2):
+        os.close(fd)
+    result = pamdriver.authenticate(sys.argv[3], "alice", sys.argv[4], "123456")
+    os.write(out, json.dumps(result.retcode).encode())
+    os._exit(0)
+""")
+
+
+def test_a_process_with_its_standard_descriptors_closed_reaches_the_daemon_on_a_descriptor_above_2(
+        stack, fake_daemon, workdir):
+    # Were the socket 0, 1 or 2, the application's own reads and writes of its
+    # standard descriptors would reach the daemon (SSSD's make_safe_fd).
+    seen = []
+
+    def handler(request):
+        fds = os.listdir(f"/proc/{request.peer_pid}/fd")
+        seen.append((request.verb, sorted({"0", "1", "2"} & set(fds))))
+        return standard_handler()(request)
+
+    fake_daemon(handler)
+    out = workdir / "retcode.json"
+    subprocess.run([sys.executable, "-c", CLOSED_STDIO_DRIVER, str(HERE), str(out), stack.service,
+                    str(stack.confdir)], check=True, timeout=60)
+    assert json.loads(out.read_text()) == PAM_SUCCESS
+    assert seen == [("check", []), ("verify", [])]
 
 
 def test_absent_rhost_and_tty_are_left_out_of_the_request(stack, fake_daemon):
