@@ -133,12 +133,20 @@ struct context {
 
 /* ------------------------------------------------------ connect & check peer */
 
-static void lookup_daemon_user(struct context *ctx)
+/*
+ * Root, or the daemon's own user. daemon_user is looked up (NSS: files,
+ * systemd-userdb or a directory service) only when a uid other than root must
+ * be judged: under systemd the socket and its listener are root's, and the
+ * lookup would cost more than the rest of the exchange.
+ */
+static bool trusted_uid(struct context *ctx, uid_t uid)
 {
     struct passwd pwd, *found = NULL;
     char *buf = NULL;
     int err = ERANGE;
 
+    if (uid == 0 || ctx->daemon_uid_looked_up)
+        return uid == 0 || (ctx->daemon_uid_known && uid == ctx->daemon_uid);
     ctx->daemon_uid_looked_up = true;
     for (size_t size = PWBUF_INITIAL; err == ERANGE && size <= PWBUF_MAX; size *= 2) {
         char *bigger = realloc(buf, size);
@@ -156,20 +164,6 @@ static void lookup_daemon_user(struct context *ctx)
                    ctx->opts.daemon_user);
     }
     free(buf);
-}
-
-/*
- * Root, or the daemon's own user. daemon_user is looked up (NSS: files,
- * systemd-userdb or a directory service) only when a uid other than root must
- * be judged: under systemd the socket and its listener are root's, and the
- * lookup would cost more than the rest of the exchange.
- */
-static bool trusted_uid(struct context *ctx, uid_t uid)
-{
-    if (uid == 0)
-        return true;
-    if (!ctx->daemon_uid_looked_up)
-        lookup_daemon_user(ctx);
     return ctx->daemon_uid_known && uid == ctx->daemon_uid;
 }
 
@@ -198,31 +192,22 @@ static int wait_fd(int fd, short events, int64_t deadline)
     }
 }
 
+/*
+ * A non-blocking AF_UNIX connect completes at once or, with the daemon's listen
+ * backlog full, fails with EAGAIN: then it is retried until the deadline.
+ */
 static int connect_by(int fd, const struct sockaddr_un *addr, int64_t deadline)
 {
-    int soerr = 0;
-    socklen_t soerr_len = sizeof soerr;
-
     while (connect(fd, (const struct sockaddr *)addr, sizeof *addr) != 0) {
-        if (errno == EISCONN)
-            return 0;
-        if (errno == EAGAIN) { /* listen backlog full: retry until the deadline */
-            int64_t left = deadline - now_ms();
+        int64_t left = deadline - now_ms();
 
-            if (left <= 0) {
-                errno = ETIMEDOUT;
-                return -1;
-            }
-            poll(NULL, 0, left < CONNECT_RETRY_MS ? (int)left : CONNECT_RETRY_MS);
-        } else if (errno == EINPROGRESS) {
-            if (wait_fd(fd, POLLOUT, deadline) != 0 ||
-                getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &soerr_len) != 0)
-                return -1;
-            errno = soerr;
-            return soerr == 0 ? 0 : -1;
-        } else if (errno != EINTR) {
+        if (errno != EAGAIN)
+            return -1;
+        if (left <= 0) {
+            errno = ETIMEDOUT;
             return -1;
         }
+        poll(NULL, 0, left < CONNECT_RETRY_MS ? (int)left : CONNECT_RETRY_MS);
     }
     return 0;
 }
@@ -296,27 +281,12 @@ static int connect_daemon(struct context *ctx, int64_t deadline)
 
 /* ------------------------------------------------------------------- ask */
 
-static int send_all(int fd, const unsigned char *buf, size_t len, int64_t deadline)
+/* Send or receive exactly len bytes by the deadline; a close before that is ECONNRESET. */
+static int transfer(int fd, unsigned char *buf, size_t len, bool sending, int64_t deadline)
 {
     for (size_t done = 0; done < len;) {
-        ssize_t n = send(fd, buf + done, len - done, MSG_NOSIGNAL);
-
-        if (n > 0)
-            done += (size_t)n;
-        else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            if (wait_fd(fd, POLLOUT, deadline) != 0)
-                return -1;
-        } else if (n >= 0 || errno != EINTR)
-            return -1;
-    }
-    return 0;
-}
-
-/* Read exactly len bytes by the deadline; a close before that is ECONNRESET. */
-static int recv_exact(int fd, unsigned char *buf, size_t len, int64_t deadline)
-{
-    for (size_t done = 0; done < len;) {
-        ssize_t n = recv(fd, buf + done, len - done, 0);
+        ssize_t n = sending ? send(fd, buf + done, len - done, MSG_NOSIGNAL)
+                            : recv(fd, buf + done, len - done, 0);
 
         if (n > 0) {
             done += (size_t)n;
@@ -324,7 +294,7 @@ static int recv_exact(int fd, unsigned char *buf, size_t len, int64_t deadline)
             errno = ECONNRESET;
             return -1;
         } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
-            if (wait_fd(fd, POLLIN, deadline) != 0)
+            if (wait_fd(fd, sending ? POLLOUT : POLLIN, deadline) != 0)
                 return -1;
         } else if (errno != EINTR) {
             return -1;
@@ -334,21 +304,21 @@ static int recv_exact(int fd, unsigned char *buf, size_t len, int64_t deadline)
 }
 
 /* The request and its reply on fd, by the deadline; NULL, or what went wrong. */
-static const char *talk(int fd, const struct wire_request *req, struct wire_reply *reply,
+static const char *talk(int fd, struct wire_request *req, struct wire_reply *reply,
                         int64_t deadline)
 {
     unsigned char header[FRAME_HEADER_SIZE];
     unsigned char payload[MAX_AUTH_REPLY_PAYLOAD];
     size_t len;
 
-    if (send_all(fd, req->frame, req->len, deadline) != 0)
+    if (transfer(fd, req->frame, req->len, true, deadline) != 0)
         return "cannot send to";
-    if (recv_exact(fd, header, sizeof header, deadline) != 0)
+    if (transfer(fd, header, sizeof header, false, deadline) != 0)
         return "no reply from";
     errno = EBADMSG; /* what %m says of a malformed reply */
     if (!wire_parse_header(header, &len))
         return "malformed reply header from";
-    if (recv_exact(fd, payload, len, deadline) != 0)
+    if (transfer(fd, payload, len, false, deadline) != 0)
         return "incomplete reply from";
     errno = EBADMSG;
     if (!wire_parse_reply(payload, len, reply))
@@ -369,14 +339,14 @@ static int ask(struct context *ctx, const char *verb, const char *code, struct w
     int64_t deadline = now_ms() + ctx->opts.timeout_ms;
     struct wire_request req;
     const char *fault = "cannot connect to";
-    int fd = -1;
+    int fd;
 
     if (!wire_build_request(&req, verb, fields, sizeof fields / sizeof fields[0])) {
         pam_syslog(ctx->pamh, LOG_ERR, "PAM_SERVICE, PAM_RHOST or PAM_TTY is over %d bytes or "
                    "holds a control character; nothing sent to totpd", MAX_VALUE);
         return PAM_AUTHINFO_UNAVAIL;
     }
-    fd = connect_daemon(ctx, deadline);
+    fd = connect_daemon(ctx, deadline); /* which logs why it refused */
     if (fd >= 0) {
         fault = talk(fd, &req, reply, deadline);
         if (fault != NULL)
