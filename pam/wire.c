@@ -96,15 +96,15 @@ static bool append(struct wire_request *req, const void *bytes, size_t len)
     return true;
 }
 
-bool wire_build_request(struct wire_request *req, const char *verb,
-                        const struct wire_field *fields, size_t nfields)
+static bool build_request(struct wire_request *req, const char *verb,
+                          const struct wire_field *fields, size_t nfields)
 {
     size_t payload;
 
     req->len = FRAME_HEADER_SIZE;
     if (!valid_token(verb, strlen(verb), 'a', 'z') || !append(req, verb, strlen(verb)) ||
         !append(req, "\n", 1))
-        goto refused;
+        return false;
     for (size_t i = 0; i < nfields; i++) {
         const char *key = fields[i].key, *value = fields[i].value;
         size_t value_len;
@@ -115,7 +115,7 @@ bool wire_build_request(struct wire_request *req, const char *verb,
         if (!valid_token(key, strlen(key), 'a', 'z') || !wire_valid_text(value, value_len, MAX_VALUE) ||
             !append(req, key, strlen(key)) || !append(req, "=", 1) ||
             !append(req, value, value_len) || !append(req, "\n", 1))
-            goto refused;
+            return false;
     }
     payload = req->len - FRAME_HEADER_SIZE;
     req->frame[0] = FRAME_MAGIC_0;
@@ -127,8 +127,14 @@ bool wire_build_request(struct wire_request *req, const char *verb,
     req->frame[6] = (unsigned char)(payload >> 8);
     req->frame[7] = (unsigned char)payload;
     return true;
-refused:
-    req->len = 0;
+}
+
+bool wire_build_request(struct wire_request *req, const char *verb,
+                        const struct wire_field *fields, size_t nfields)
+{
+    if (build_request(req, verb, fields, nfields))
+        return true;
+    req->len = 0; /* nothing of a refused request may be sent */
     return false;
 }
 

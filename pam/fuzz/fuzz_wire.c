@@ -6,7 +6,10 @@
  * payload, so that mutations need not keep a header valid to reach the payload
  * parser. What a parse accepts must be within the protocol's limits, since the
  * module shows it on a terminal; what it refuses must leave nothing behind.
+ * The input is also a request value: the builder must refuse it or frame it.
  */
+
+#define _GNU_SOURCE
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -32,6 +35,25 @@ static void check(bool parsed, const struct wire_reply *reply)
         abort();
 }
 
+static void check_request(const uint8_t *data, size_t size)
+{
+    char *value = strndup((const char *)data, size);
+    const struct wire_field fields[] = {{"user", "alice"}, {"rhost", value}};
+    struct wire_request req;
+    size_t len;
+
+    if (value == NULL)
+        abort();
+    if (!wire_build_request(&req, "check", fields, 2)) {
+        if (req.len != 0 || wire_valid_text(value, strlen(value), MAX_VALUE))
+            abort();
+    } else if (!wire_parse_header(req.frame, &len) || len != req.len - FRAME_HEADER_SIZE ||
+               req.frame[req.len - 1] != '\n') {
+        abort();
+    }
+    free(value);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     struct wire_reply reply;
@@ -48,5 +70,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         free(payload);
     }
     check(wire_parse_reply(data, size, &reply), &reply);
+    check_request(data, size);
     return 0;
 }
