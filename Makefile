@@ -14,7 +14,7 @@ APT_PACKAGES = build-essential libpam0g-dev libpam-wrapper python3 python3-venv 
                openssh-server openssh-client openssl sudo zbar-tools oathtool util-linux \
                libpam-google-authenticator libpam-oath postgresql systemd \
                dbus dbus-daemon dbus-bin libglib2.0-bin libdbus-1-dev libglib2.0-dev pkg-config \
-               debhelper dpkg-dev python3-pip scdoc man-db groff-base
+               debhelper dpkg-dev python3-pip scdoc man-db groff-base clang libclang-rt-dev
 
 .PHONY: all pam deps deps-apt deps-python demo test check clean bench
 

@@ -3,33 +3,28 @@
  *
  * The module never sees a secret. It asks the totpd daemon whether the account
  * needs a code (`check`), prompts through the PAM conversation, sends the answer
- * (`verify`: on the same connection if it came within a second, else on a new
- * one) and maps the daemon's status to a PAM return code. The wire format is
- * docs/protocol.md, version 1. Any doubt - daemon missing, socket or peer not
- * trusted, timeout, malformed reply - fails closed with PAM_AUTHINFO_UNAVAIL;
- * nothing here ever turns "no answer" into success.
+ * (`verify`, on a new connection) and maps the daemon's status to a PAM return
+ * code. The bytes on the wire are wire.c's (docs/protocol.md, version 1). Any
+ * doubt - daemon missing, socket or peer not trusted, timeout, malformed reply -
+ * fails closed with PAM_AUTHINFO_UNAVAIL; nothing turns "no answer" into success.
  *
  * Read top to bottom: options -> connect & check peer -> ask -> converse ->
- * answer -> map reply -> cleanup (pam_sm_authenticate, at the end).
- *
- * No static mutable state: everything lives on the stack of one call, so the
- * module is safe in threaded applications and across pam_start/pam_end cycles.
+ * answer -> map reply -> cleanup (pam_sm_authenticate, at the end). Everything
+ * lives on the stack of one call: no static mutable state.
  */
 
 #define _GNU_SOURCE
 
 #include <errno.h>
-#include <limits.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <pwd.h>
 #include <stdbool.h>
 #include <stdint.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/types.h>
 #include <sys/un.h>
 #include <syslog.h>
 #include <time.h>
@@ -39,21 +34,10 @@
 #include <security/pam_ext.h>
 #include <security/pam_modules.h>
 
-/* docs/protocol.md: framing and limits (same names as totpd/protocol.py). */
-#define FRAME_MAGIC_0 0x54 /* 'T' */
-#define FRAME_MAGIC_1 0x44 /* 'D' */
-#define FRAME_VERSION 1
-#define FRAME_HEADER_SIZE 8
-#define MAX_REQUEST_PAYLOAD 4096
-#define MAX_AUTH_REPLY_PAYLOAD 4096
-#define MAX_VALUE 1024
-#define MAX_MESSAGE 512
-#define MAX_USER 256
-#define MAX_TOKEN 32 /* a verb, status or key: [a-z_]{1,32} or [A-Z_]{1,32} */
+#include "wire.h"
 
 /* This module's own limits and defaults (docs/pam.md). */
 #define MAX_CODE 256 /* longest answer sent as `code` (TOTP or recovery code) */
-#define MAX_REPLY_KEYS (MAX_AUTH_REPLY_PAYLOAD / 3) /* "k=\n" is the shortest line */
 #define DEFAULT_SOCKET "/run/totpd/totpd.sock"
 #define DEFAULT_TIMEOUT_S 5
 #define MAX_TIMEOUT_S 300
@@ -62,12 +46,8 @@
 #define DEFAULT_FORWARD_PROMPT "Password & verification code: "
 #define DEFAULT_DIGITS 6
 #define CONNECT_RETRY_MS 10 /* pause before retrying a connect to a full backlog */
-#define KEEP_MS 1000 /* the check's connection carries the verify if the answer came this soon */
 #define PWBUF_INITIAL 4096
 #define PWBUF_MAX (1024 * 1024)
-
-_Static_assert(MAX_AUTH_REPLY_PAYLOAD <= UINT16_MAX, "struct reply_key holds offsets in 16 bits");
-_Static_assert(MAX_TOKEN <= UINT8_MAX, "struct reply_key holds key lengths in 8 bits");
 
 #define UNAVAILABLE_TEXT \
     "The verification service is unavailable; try again later or contact your administrator."
@@ -77,7 +57,7 @@ _Static_assert(MAX_TOKEN <= UINT8_MAX, "struct reply_key holds key lengths in 8 
 struct options {
     const char *socket_path;
     const char *daemon_user;
-    const char *prompt; /* NULL: the daemon's prompt, then DEFAULT_PROMPT */
+    const char *prompt; /* NULL: DEFAULT_PROMPT, or DEFAULT_FORWARD_PROMPT with forward_pass */
     int timeout_ms;
     unsigned int digits;
     bool debug;
@@ -90,52 +70,33 @@ static const char *option_value(const char *arg, const char *name)
 {
     size_t len = strlen(name);
 
-    if (strncmp(arg, name, len) == 0 && arg[len] == '=')
-        return arg + len + 1;
-    return NULL;
+    return strncmp(arg, name, len) == 0 && arg[len] == '=' ? arg + len + 1 : NULL;
 }
 
-static bool parse_uint(const char *text, long low, long high, long *out)
-{
-    char *end = NULL;
-    long value;
-
-    if (*text < '0' || *text > '9')
-        return false;
-    errno = 0;
-    value = strtol(text, &end, 10);
-    if (errno != 0 || *end != '\0' || value < low || value > high)
-        return false;
-    *out = value;
-    return true;
-}
-
-static void parse_options(pam_handle_t *pamh, int argc, const char **argv,
-                          struct options *opts)
+static void parse_options(pam_handle_t *pamh, int argc, const char **argv, struct options *opts)
 {
     *opts = (struct options){
         .socket_path = DEFAULT_SOCKET,
         .daemon_user = DEFAULT_DAEMON_USER,
-        .prompt = NULL,
         .timeout_ms = DEFAULT_TIMEOUT_S * 1000,
         .digits = DEFAULT_DIGITS,
     };
-
     for (int i = 0; i < argc; i++) {
-        const char *arg = argv[i];
-        const char *value;
-        long number;
+        const char *arg = argv[i], *value;
 
         if (arg == NULL)
             continue;
         if ((value = option_value(arg, "socket")) != NULL) {
             opts->socket_path = value; /* checked where it is used */
         } else if ((value = option_value(arg, "timeout")) != NULL) {
-            if (parse_uint(value, 1, MAX_TIMEOUT_S, &number))
-                opts->timeout_ms = (int)number * 1000;
+            char *end = NULL;
+            long seconds = value[0] >= '0' && value[0] <= '9' ? strtol(value, &end, 10) : 0;
+
+            if (end != NULL && *end == '\0' && seconds >= 1 && seconds <= MAX_TIMEOUT_S)
+                opts->timeout_ms = (int)seconds * 1000;
             else
-                pam_syslog(pamh, LOG_ERR, "timeout=%s is not 1 to %d seconds; using %d",
-                           value, MAX_TIMEOUT_S, DEFAULT_TIMEOUT_S);
+                pam_syslog(pamh, LOG_ERR, "timeout=%s is not 1 to %d seconds; using %d", value,
+                           MAX_TIMEOUT_S, DEFAULT_TIMEOUT_S);
         } else if ((value = option_value(arg, "prompt")) != NULL) {
             opts->prompt = value;
         } else if ((value = option_value(arg, "daemon_user")) != NULL) {
@@ -160,135 +121,49 @@ static void parse_options(pam_handle_t *pamh, int argc, const char **argv,
     }
 }
 
-/* ------------------------------------------------------------ text checks */
-
-/*
- * Length of the UTF-8 character at s (n bytes available), or 0 when it is
- * invalid UTF-8 or a control character: C0 (0x00-0x1F), DEL, C1 (U+0080-U+009F).
- */
-static size_t text_char_len(const unsigned char *s, size_t n)
-{
-    unsigned char lead = s[0];
-    uint32_t cp;
-    size_t len;
-
-    if (lead < 0x80)
-        return (lead < 0x20 || lead == 0x7f) ? 0 : 1;
-    if (lead >= 0xc2 && lead <= 0xdf) {
-        len = 2;
-        cp = lead & 0x1f;
-    } else if (lead >= 0xe0 && lead <= 0xef) {
-        len = 3;
-        cp = lead & 0x0f;
-    } else if (lead >= 0xf0 && lead <= 0xf4) {
-        len = 4;
-        cp = lead & 0x07;
-    } else {
-        return 0;
-    }
-    if (n < len)
-        return 0;
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xc0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (s[i] & 0x3f);
-    }
-    if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
-        (cp >= 0xd800 && cp <= 0xdfff) || (cp >= 0x80 && cp <= 0x9f))
-        return 0;
-    return len;
-}
-
-/* A protocol value: valid UTF-8 without control characters, at most max bytes. */
-static bool valid_text(const void *text, size_t len, size_t max)
-{
-    const unsigned char *s = text;
-    size_t pos = 0;
-
-    if (len > max)
-        return false;
-    while (pos < len) {
-        size_t step = text_char_len(s + pos, len - pos);
-
-        if (step == 0)
-            return false;
-        pos += step;
-    }
-    return true;
-}
-
-static bool valid_item(const char *value, size_t max)
-{
-    return value == NULL || valid_text(value, strnlen(value, max + 1), max);
-}
-
-/* docs/protocol.md "Account names": 1-256 bytes, no control, no '/', not . or .. */
-static bool valid_user(const char *user)
-{
-    size_t len = strnlen(user, MAX_USER + 1);
-
-    return len > 0 && valid_text(user, len, MAX_USER) && strchr(user, '/') == NULL &&
-           strcmp(user, ".") != 0 && strcmp(user, "..") != 0;
-}
-
-/* ------------------------------------------------------ connect & trust */
-
-/* What one call knows: its options and whom it trusts at the other end. */
+/* What one call knows: its options, the login it asks about, whom it trusts. */
 struct context {
     pam_handle_t *pamh;
     struct options opts;
+    const char *user, *service, *rhost, *tty; /* service, rhost, tty: NULL if unset */
     uid_t daemon_uid;
     bool daemon_uid_looked_up; /* daemon_user is resolved only when a uid other than 0 needs judging */
     bool daemon_uid_known;     /* false: daemon_user does not exist, only root is trusted */
-    int fd;                    /* the connection of the check, kept for the verify; -1: none */
-    int64_t fd_used_ms;        /* when that connection last carried a reply (CLOCK_MONOTONIC) */
 };
 
-static void lookup_daemon_user(struct context *ctx)
-{
-    struct passwd pwd;
-    struct passwd *found = NULL;
-    size_t size = PWBUF_INITIAL;
-    char *buf = NULL;
-    int err;
+/* ------------------------------------------------------ connect & check peer */
 
+/*
+ * Root, or the daemon's own user. daemon_user is looked up (NSS: files,
+ * systemd-userdb or a directory service) only when a uid other than root must
+ * be judged: under systemd the socket and its listener are root's, and the
+ * lookup would cost more than the rest of the exchange.
+ */
+static bool trusted_uid(struct context *ctx, uid_t uid)
+{
+    struct passwd pwd, *found = NULL;
+    char *buf = NULL;
+    int err = ERANGE;
+
+    if (uid == 0 || ctx->daemon_uid_looked_up)
+        return uid == 0 || (ctx->daemon_uid_known && uid == ctx->daemon_uid);
     ctx->daemon_uid_looked_up = true;
-    ctx->daemon_uid_known = false;
-    for (;;) {
+    for (size_t size = PWBUF_INITIAL; err == ERANGE && size <= PWBUF_MAX; size *= 2) {
         char *bigger = realloc(buf, size);
 
         if (bigger == NULL)
             break;
         buf = bigger;
         err = getpwnam_r(ctx->opts.daemon_user, &pwd, buf, size, &found);
-        if (err == ERANGE && size < PWBUF_MAX) {
-            size *= 2;
-            continue;
-        }
-        if (err == 0 && found != NULL) {
-            ctx->daemon_uid = found->pw_uid;
-            ctx->daemon_uid_known = true;
-        }
-        break;
     }
-    free(buf);
-    if (!ctx->daemon_uid_known && ctx->opts.debug)
+    if (err == 0 && found != NULL) {
+        ctx->daemon_uid = found->pw_uid;
+        ctx->daemon_uid_known = true;
+    } else if (ctx->opts.debug) {
         pam_syslog(ctx->pamh, LOG_DEBUG, "daemon_user '%s' not found; trusting only root",
                    ctx->opts.daemon_user);
-}
-
-/*
- * Root, or the daemon's own user. daemon_user is looked up (NSS, which can mean
- * files, systemd-userdb or a directory service) only when a uid other than root
- * must be judged: under systemd the socket and its listener are root's, and the
- * lookup would cost more than the rest of the exchange.
- */
-static bool trusted_uid(struct context *ctx, uid_t uid)
-{
-    if (uid == 0)
-        return true;
-    if (!ctx->daemon_uid_looked_up)
-        lookup_daemon_user(ctx);
+    }
+    free(buf);
     return ctx->daemon_uid_known && uid == ctx->daemon_uid;
 }
 
@@ -300,501 +175,210 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static int remaining_ms(int64_t deadline)
-{
-    int64_t left = deadline - now_ms();
-
-    return left < 0 ? 0 : (int)left;
-}
-
 /* Wait until fd is ready for events or the deadline passes (errno ETIMEDOUT). */
 static int wait_fd(int fd, short events, int64_t deadline)
 {
     for (;;) {
         struct pollfd pfd = {.fd = fd, .events = events};
-        int left = remaining_ms(deadline);
-        int rc;
+        int64_t left = deadline - now_ms();
+        int rc = left > 0 ? poll(&pfd, 1, (int)left) : 0;
 
-        if (left == 0) {
-            errno = ETIMEDOUT;
-            return -1;
-        }
-        rc = poll(&pfd, 1, left);
         if (rc > 0)
             return 0;
-        if (rc == 0) {
+        if (rc == 0)
+            errno = ETIMEDOUT;
+        if (rc == 0 || errno != EINTR)
+            return -1;
+    }
+}
+
+/*
+ * A non-blocking AF_UNIX connect completes at once or, with the daemon's listen
+ * backlog full, fails with EAGAIN: then it is retried until the deadline.
+ */
+static int connect_by(int fd, const struct sockaddr_un *addr, int64_t deadline)
+{
+    while (connect(fd, (const struct sockaddr *)addr, sizeof *addr) != 0) {
+        int64_t left = deadline - now_ms();
+
+        if (errno != EAGAIN)
+            return -1;
+        if (left <= 0) {
             errno = ETIMEDOUT;
             return -1;
         }
-        if (errno != EINTR)
-            return -1;
+        poll(NULL, 0, left < CONNECT_RETRY_MS ? (int)left : CONNECT_RETRY_MS);
     }
+    return 0;
 }
 
-static int connect_with_deadline(int fd, const struct sockaddr_un *addr, int64_t deadline)
+/*
+ * A socket descriptor above 2 (SSSD's make_safe_fd): with a standard descriptor
+ * closed, the application's own reads and writes of it would reach the daemon.
+ */
+static int safe_socket(void)
 {
-    for (;;) {
-        int soerr = 0;
-        socklen_t soerr_len = sizeof soerr;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 
-        if (connect(fd, (const struct sockaddr *)addr, sizeof *addr) == 0 || errno == EISCONN)
-            return 0;
-        if (errno == EINTR)
-            continue;
-        if (errno == EAGAIN) { /* listen backlog full: retry until the deadline */
-            int left = remaining_ms(deadline);
+    if (fd >= 0 && fd <= STDERR_FILENO) {
+        int moved = fcntl(fd, F_DUPFD_CLOEXEC, STDERR_FILENO + 1);
+        int saved = errno;
 
-            if (left == 0) {
-                errno = ETIMEDOUT;
-                return -1;
-            }
-            poll(NULL, 0, left < CONNECT_RETRY_MS ? left : CONNECT_RETRY_MS);
-            continue;
-        }
-        if (errno != EINPROGRESS)
-            return -1;
-        if (wait_fd(fd, POLLOUT, deadline) != 0)
-            return -1;
-        if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &soerr_len) != 0)
-            return -1;
-        if (soerr != 0) {
-            errno = soerr;
-            return -1;
-        }
-        return 0;
+        close(fd);
+        errno = saved;
+        fd = moved;
     }
+    return fd;
 }
 
-/* Open a connection to the daemon, refusing a socket or peer we do not trust. */
-static int connect_daemon(struct context *ctx, int64_t deadline, int *fd_out)
+/* A connection to the daemon, or -1 (logged) for a socket or peer we do not trust. */
+static int connect_daemon(struct context *ctx, int64_t deadline)
 {
     pam_handle_t *pamh = ctx->pamh;
     const char *path = ctx->opts.socket_path;
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
-    size_t path_len = strlen(path);
     struct ucred peer;
     socklen_t peer_len = sizeof peer;
     struct stat st;
     int fd;
 
-    *fd_out = -1;
-    if (path[0] != '/' || path_len >= sizeof addr.sun_path) {
+    if (path[0] != '/' || strlen(path) >= sizeof addr.sun_path) {
         pam_syslog(pamh, LOG_ERR, "socket=%s is not an absolute path shorter than %zu bytes",
                    path, sizeof addr.sun_path);
-        return PAM_AUTHINFO_UNAVAIL;
+        return -1;
     }
-    memcpy(addr.sun_path, path, path_len + 1);
-
+    memcpy(addr.sun_path, path, strlen(path) + 1);
     if (lstat(path, &st) != 0) {
         pam_syslog(pamh, LOG_ERR, "cannot reach totpd at %s: %m (is totpd running?)", path);
-        return PAM_AUTHINFO_UNAVAIL;
+        return -1;
     }
-    if (!S_ISSOCK(st.st_mode)) {
-        pam_syslog(pamh, LOG_ERR, "%s is not a socket; refusing it", path);
-        return PAM_AUTHINFO_UNAVAIL;
+    if (!S_ISSOCK(st.st_mode) || !trusted_uid(ctx, st.st_uid)) {
+        pam_syslog(pamh, LOG_ERR, "%s is not a socket owned by root or %s (uid %u); refusing it",
+                   path, ctx->opts.daemon_user, (unsigned int)st.st_uid);
+        return -1;
     }
-    if (!trusted_uid(ctx, st.st_uid)) {
-        pam_syslog(pamh, LOG_ERR, "%s is owned by uid %u, not root or %s; refusing it", path,
-                   (unsigned int)st.st_uid, ctx->opts.daemon_user);
-        return PAM_AUTHINFO_UNAVAIL;
-    }
-
-    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    fd = safe_socket();
     if (fd < 0) {
         pam_syslog(pamh, LOG_ERR, "socket(AF_UNIX): %m");
-        return PAM_AUTHINFO_UNAVAIL;
+        return -1;
     }
-    if (connect_with_deadline(fd, &addr, deadline) != 0) {
+    if (connect_by(fd, &addr, deadline) != 0) {
         pam_syslog(pamh, LOG_ERR, "cannot connect to totpd at %s: %m", path);
         close(fd);
-        return PAM_AUTHINFO_UNAVAIL;
+        return -1;
     }
     /* The lstat above can race with a swapped socket; the peer's credentials cannot. */
-    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &peer, &peer_len) != 0 ||
-        peer_len != sizeof peer) {
-        pam_syslog(pamh, LOG_ERR, "cannot read the credentials of the peer at %s: %m", path);
-        close(fd);
-        return PAM_AUTHINFO_UNAVAIL;
-    }
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &peer, &peer_len) != 0 || peer_len != sizeof peer)
+        peer.uid = (uid_t)-1;
     if (!trusted_uid(ctx, peer.uid)) {
-        pam_syslog(pamh, LOG_ERR, "peer at %s runs as uid %u, not root or %s; refusing it",
-                   path, (unsigned int)peer.uid, ctx->opts.daemon_user);
+        pam_syslog(pamh, LOG_ERR, "peer at %s runs as uid %d, not root or %s; refusing it", path,
+                   (int)peer.uid, ctx->opts.daemon_user);
         close(fd);
-        return PAM_AUTHINFO_UNAVAIL;
+        return -1;
     }
-    *fd_out = fd;
-    return PAM_SUCCESS;
+    return fd;
 }
 
-/* -------------------------------------------------------------- framing */
+/* ------------------------------------------------------------------- ask */
 
-/* One request frame; it may hold the code, so it is wiped by the caller. */
-struct request {
-    unsigned char frame[FRAME_HEADER_SIZE + MAX_REQUEST_PAYLOAD];
-    size_t len; /* bytes used in frame, header included */
-    bool overflow;
-};
-
-static void request_append(struct request *req, const char *bytes, size_t len)
+/* Send or receive exactly len bytes by the deadline; a close before that is ECONNRESET. */
+static int transfer(int fd, unsigned char *buf, size_t len, bool sending, int64_t deadline)
 {
-    if (req->overflow || len > sizeof req->frame - req->len) {
-        req->overflow = true;
-        return;
-    }
-    memcpy(req->frame + req->len, bytes, len);
-    req->len += len;
-}
-
-static void request_start(struct request *req, const char *verb)
-{
-    req->len = FRAME_HEADER_SIZE;
-    req->overflow = false;
-    request_append(req, verb, strlen(verb));
-    request_append(req, "\n", 1);
-}
-
-/* Append key=value; an absent or empty optional item is left out. */
-static void request_add(struct request *req, const char *key, const char *value)
-{
-    if (value == NULL || value[0] == '\0')
-        return;
-    request_append(req, key, strlen(key));
-    request_append(req, "=", 1);
-    request_append(req, value, strlen(value));
-    request_append(req, "\n", 1);
-}
-
-/* Write the header; false if the payload outgrew MAX_REQUEST_PAYLOAD. */
-static bool request_finish(struct request *req)
-{
-    size_t payload = req->len - FRAME_HEADER_SIZE;
-
-    if (req->overflow || payload == 0 || payload > MAX_REQUEST_PAYLOAD)
-        return false;
-    req->frame[0] = FRAME_MAGIC_0;
-    req->frame[1] = FRAME_MAGIC_1;
-    req->frame[2] = FRAME_VERSION;
-    req->frame[3] = 0;
-    req->frame[4] = (unsigned char)(payload >> 24);
-    req->frame[5] = (unsigned char)(payload >> 16);
-    req->frame[6] = (unsigned char)(payload >> 8);
-    req->frame[7] = (unsigned char)payload;
-    return true;
-}
-
-static int send_all(int fd, const unsigned char *buf, size_t len, int64_t deadline)
-{
-    size_t done = 0;
-
-    while (done < len) {
-        ssize_t n = send(fd, buf + done, len - done, MSG_NOSIGNAL);
+    for (size_t done = 0; done < len;) {
+        ssize_t n = sending ? send(fd, buf + done, len - done, MSG_NOSIGNAL)
+                            : recv(fd, buf + done, len - done, 0);
 
         if (n > 0) {
             done += (size_t)n;
-        } else if (n < 0 && errno == EINTR) {
-            continue;
-        } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            if (wait_fd(fd, POLLOUT, deadline) != 0)
-                return -1;
-        } else {
-            return -1;
-        }
-    }
-    return 0;
-}
-
-/* Read exactly len bytes by the deadline; *done says how many arrived. */
-static int recv_exact(int fd, unsigned char *buf, size_t len, int64_t deadline, size_t *done_out)
-{
-    size_t done = 0;
-
-    *done_out = 0;
-    while (done < len) {
-        ssize_t n = recv(fd, buf + done, len - done, 0);
-
-        if (n > 0) {
-            done += (size_t)n;
-            *done_out = done;
         } else if (n == 0) {
-            errno = ECONNRESET; /* closed before a whole frame arrived */
+            errno = ECONNRESET;
             return -1;
-        } else if (errno == EINTR) {
-            continue;
         } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
-            if (wait_fd(fd, POLLIN, deadline) != 0)
+            if (wait_fd(fd, sending ? POLLOUT : POLLIN, deadline) != 0)
                 return -1;
-        } else {
+        } else if (errno != EINTR) {
             return -1;
         }
     }
     return 0;
 }
 
-/* ----------------------------------------------------------------- reply */
-
-struct reply {
-    char status[MAX_TOKEN + 1];
-    char message[MAX_MESSAGE + 1];
-    char prompt[MAX_MESSAGE + 1];
-    bool has_message;
-    bool has_prompt;
-};
-
-/* A key already seen in a reply: offset and length within the payload. */
-struct reply_key {
-    uint16_t offset;
-    uint8_t len;
-};
-
-static bool token_chars(const unsigned char *s, size_t len, char low, char high)
+/* The request and its reply on fd, by the deadline; NULL, or what went wrong. */
+static const char *talk(int fd, struct wire_request *req, struct wire_reply *reply,
+                        int64_t deadline)
 {
-    if (len == 0 || len > MAX_TOKEN)
-        return false;
-    for (size_t i = 0; i < len; i++)
-        if (s[i] != '_' && (s[i] < (unsigned char)low || s[i] > (unsigned char)high))
-            return false;
-    return true;
-}
-
-static bool key_is(const unsigned char *key, size_t len, const char *name)
-{
-    return len == strlen(name) && memcmp(key, name, len) == 0;
-}
-
-/*
- * Parse a reply payload strictly: a status line [A-Z_]{1,32}, then key=value
- * lines, each LF-terminated, keys [a-z_]{1,32} at most once each, values valid
- * UTF-8 without control characters. Unknown keys are checked and ignored.
- */
-static bool parse_reply(const unsigned char *payload, size_t len, struct reply *out)
-{
-    struct reply_key seen[MAX_REPLY_KEYS];
-    size_t nseen = 0;
-    const unsigned char *line_end;
-    size_t pos;
-
-    memset(out, 0, sizeof *out);
-    if (len == 0 || len > MAX_AUTH_REPLY_PAYLOAD || payload[len - 1] != '\n')
-        return false;
-
-    line_end = memchr(payload, '\n', len);
-    if (!token_chars(payload, (size_t)(line_end - payload), 'A', 'Z'))
-        return false;
-    memcpy(out->status, payload, (size_t)(line_end - payload));
-    pos = (size_t)(line_end - payload) + 1;
-
-    while (pos < len) {
-        const unsigned char *line = payload + pos;
-        const unsigned char *eq;
-        const unsigned char *value;
-        size_t line_len, key_len, value_len;
-
-        line_end = memchr(line, '\n', len - pos); /* found: the payload ends with LF */
-        line_len = (size_t)(line_end - line);
-        eq = memchr(line, '=', line_len);
-        if (eq == NULL)
-            return false;
-        key_len = (size_t)(eq - line);
-        if (!token_chars(line, key_len, 'a', 'z'))
-            return false;
-        for (size_t i = 0; i < nseen; i++)
-            if (seen[i].len == key_len && memcmp(payload + seen[i].offset, line, key_len) == 0)
-                return false;
-        if (nseen == MAX_REPLY_KEYS)
-            return false;
-        seen[nseen++] = (struct reply_key){.offset = (uint16_t)pos, .len = (uint8_t)key_len};
-
-        value = eq + 1;
-        value_len = line_len - key_len - 1;
-        if (!valid_text(value, value_len, MAX_AUTH_REPLY_PAYLOAD))
-            return false;
-        if (key_is(line, key_len, "message")) {
-            if (value_len > MAX_MESSAGE)
-                return false;
-            memcpy(out->message, value, value_len);
-            out->has_message = true;
-        } else if (key_is(line, key_len, "prompt")) {
-            if (value_len > MAX_MESSAGE)
-                return false;
-            memcpy(out->prompt, value, value_len);
-            out->has_prompt = true;
-        }
-        pos += line_len + 1;
-    }
-    return true;
-}
-
-/*
- * One request and its reply on ctx->fd, all by `deadline`. *retry is set when the
- * daemon had hung up before taking the request (the send failed, or the connection
- * closed before a byte of reply): only then may the request go again, on a new
- * connection, without having been seen twice.
- */
-static int exchange_on(struct context *ctx, const struct request *req, struct reply *reply,
-                       int64_t deadline, bool *retry)
-{
-    pam_handle_t *pamh = ctx->pamh;
     unsigned char header[FRAME_HEADER_SIZE];
     unsigned char payload[MAX_AUTH_REPLY_PAYLOAD];
-    uint32_t length;
-    size_t got = 0;
+    size_t len;
 
-    *retry = false;
-    if (send_all(ctx->fd, req->frame, req->len, deadline) != 0) {
-        *retry = errno == EPIPE || errno == ECONNRESET;
-        if (!*retry || ctx->opts.debug)
-            pam_syslog(pamh, *retry ? LOG_DEBUG : LOG_ERR, "cannot send to totpd at %s: %m",
-                       ctx->opts.socket_path);
-        return PAM_AUTHINFO_UNAVAIL;
-    }
-    if (recv_exact(ctx->fd, header, sizeof header, deadline, &got) != 0) {
-        *retry = got == 0 && errno == ECONNRESET;
-        if (!*retry || ctx->opts.debug)
-            pam_syslog(pamh, *retry ? LOG_DEBUG : LOG_ERR, "no reply from totpd at %s: %m",
-                       ctx->opts.socket_path);
-        return PAM_AUTHINFO_UNAVAIL;
-    }
-    length = (uint32_t)header[4] << 24 | (uint32_t)header[5] << 16 |
-             (uint32_t)header[6] << 8 | (uint32_t)header[7];
-    if (header[0] != FRAME_MAGIC_0 || header[1] != FRAME_MAGIC_1 ||
-        header[2] != FRAME_VERSION || header[3] != 0 || length == 0 ||
-        length > MAX_AUTH_REPLY_PAYLOAD) {
-        pam_syslog(pamh, LOG_ERR, "malformed reply header from totpd at %s",
-                   ctx->opts.socket_path);
-        return PAM_AUTHINFO_UNAVAIL;
-    }
-    if (recv_exact(ctx->fd, payload, length, deadline, &got) != 0) {
-        pam_syslog(pamh, LOG_ERR, "incomplete reply from totpd at %s: %m",
-                   ctx->opts.socket_path);
-        return PAM_AUTHINFO_UNAVAIL;
-    }
-    if (!parse_reply(payload, length, reply)) {
-        pam_syslog(pamh, LOG_ERR, "malformed reply payload from totpd at %s",
-                   ctx->opts.socket_path);
-        return PAM_AUTHINFO_UNAVAIL;
-    }
-    return PAM_SUCCESS;
-}
-
-static void drop_connection(struct context *ctx)
-{
-    if (ctx->fd >= 0)
-        close(ctx->fd);
-    ctx->fd = -1;
+    if (transfer(fd, req->frame, req->len, true, deadline) != 0)
+        return "cannot send to";
+    if (transfer(fd, header, sizeof header, false, deadline) != 0)
+        return "no reply from";
+    errno = EBADMSG; /* what %m says of a malformed reply */
+    if (!wire_parse_header(header, &len))
+        return "malformed reply header from";
+    if (transfer(fd, payload, len, false, deadline) != 0)
+        return "incomplete reply from";
+    errno = EBADMSG;
+    if (!wire_parse_reply(payload, len, reply))
+        return "malformed reply payload from";
+    return NULL;
 }
 
 /*
- * Is the connection kept from the check still worth using? Only if its last reply
- * came within KEEP_MS (the daemon closes idle connections after its read_timeout,
- * seconds) and the daemon has not hung up or sent anything since.
+ * Ask one question (check, or verify with the code) on a new connection, all
+ * within opts.timeout_ms; the request frame holding the code is wiped.
  */
-static bool connection_fresh(const struct context *ctx)
+static int ask(struct context *ctx, const char *verb, const char *code, struct wire_reply *reply)
 {
-    struct pollfd pfd = {.fd = ctx->fd, .events = POLLIN | POLLRDHUP};
-
-    if (ctx->fd < 0 || now_ms() - ctx->fd_used_ms > KEEP_MS)
-        return false;
-    return poll(&pfd, 1, 0) == 0;
-}
-
-/*
- * One exchange, all within opts.timeout_ms: on the connection kept from the check
- * if it is fresh, else on a new one (connect & check peer). A kept connection the
- * daemon closed before taking the request is replaced by a new one, once. With
- * `keep`, the connection stays open for the next exchange; otherwise it is closed.
- */
-static int exchange(struct context *ctx, const struct request *req, struct reply *reply,
-                    bool keep)
-{
+    const struct wire_field fields[] = {
+        {"user", ctx->user}, {"service", ctx->service}, {"rhost", ctx->rhost},
+        {"tty", ctx->tty},   {"code", code},
+    };
     int64_t deadline = now_ms() + ctx->opts.timeout_ms;
-    bool reused = connection_fresh(ctx);
-    bool retry = false;
-    int ret;
+    struct wire_request req;
+    const char *fault = "cannot connect to";
+    int fd;
 
-    if (!reused)
-        drop_connection(ctx);
-    for (;;) {
-        if (ctx->fd < 0) {
-            ret = connect_daemon(ctx, deadline, &ctx->fd);
-            if (ret != PAM_SUCCESS)
-                return ret;
-        }
-        ret = exchange_on(ctx, req, reply, deadline, &retry);
-        if (ret == PAM_SUCCESS && keep) {
-            ctx->fd_used_ms = now_ms();
-            return ret;
-        }
-        drop_connection(ctx);
-        if (ret == PAM_SUCCESS || !reused || !retry)
-            return ret;
-        reused = false; /* the kept connection was gone: once more, on a new one */
+    if (!wire_build_request(&req, verb, fields, sizeof fields / sizeof fields[0])) {
+        pam_syslog(ctx->pamh, LOG_ERR, "PAM_SERVICE, PAM_RHOST or PAM_TTY is over %d bytes or "
+                   "holds a control character; nothing sent to totpd", MAX_VALUE);
+        return PAM_AUTHINFO_UNAVAIL;
     }
-}
-
-/* ------------------------------------------------------ map & messages */
-
-static const struct {
-    const char *status;
-    int pam_code;
-} status_map[] = {
-    {"ACCEPTED", PAM_SUCCESS},     {"IGNORE", PAM_IGNORE},
-    {"REJECTED", PAM_AUTH_ERR},    {"DENIED", PAM_AUTH_ERR},
-    {"LOCKED", PAM_MAXTRIES},      {"UNKNOWN_USER", PAM_USER_UNKNOWN},
-};
-
-/* docs/protocol.md "Statuses": anything not listed fails closed. */
-static int map_status(const char *status)
-{
-    for (size_t i = 0; i < sizeof status_map / sizeof status_map[0]; i++)
-        if (strcmp(status, status_map[i].status) == 0)
-            return status_map[i].pam_code;
-    return PAM_AUTHINFO_UNAVAIL;
-}
-
-/* Refusals go out as PAM_ERROR_MSG (always); anything else as PAM_TEXT_INFO. */
-static void show_message(const struct context *ctx, int flags, const struct reply *reply,
-                         bool refusal)
-{
-    if (!reply->has_message || reply->message[0] == '\0')
-        return;
-    if (refusal)
-        pam_error(ctx->pamh, "%s", reply->message);
-    else if (!(flags & PAM_SILENT))
-        pam_info(ctx->pamh, "%s", reply->message);
-}
-
-/* Map a final reply (anything but NEED_CODE) and show its message. */
-static int finish_reply(const struct context *ctx, int flags, const char *verb,
-                        const struct reply *reply)
-{
-    int ret = strcmp(reply->status, "NEED_CODE") == 0 ? PAM_AUTHINFO_UNAVAIL
-                                                       : map_status(reply->status);
-    bool refusal = ret != PAM_SUCCESS && ret != PAM_IGNORE;
-
-    if (ctx->opts.debug || ret == PAM_AUTHINFO_UNAVAIL)
-        pam_syslog(ctx->pamh, ret == PAM_AUTHINFO_UNAVAIL ? LOG_ERR : LOG_DEBUG,
-                   "%s: totpd answered %s -> %s", verb, reply->status,
-                   pam_strerror(ctx->pamh, ret));
-    if (ret == PAM_AUTHINFO_UNAVAIL && !reply->has_message)
+    fd = connect_daemon(ctx, deadline); /* which logs why it refused */
+    if (fd >= 0) {
+        fault = talk(fd, &req, reply, deadline);
+        if (fault != NULL)
+            pam_syslog(ctx->pamh, LOG_ERR, "%s: %s totpd at %s: %m", verb, fault,
+                       ctx->opts.socket_path);
+        close(fd);
+    }
+    explicit_bzero(&req, sizeof req);
+    if (fault != NULL) {
         pam_error(ctx->pamh, "%s", UNAVAILABLE_TEXT);
-    else
-        show_message(ctx, flags, reply, refusal);
-    return ret;
+        return PAM_AUTHINFO_UNAVAIL;
+    }
+    if (ctx->opts.debug)
+        pam_syslog(ctx->pamh, LOG_DEBUG, "%s user=%s: totpd answered %s", verb, ctx->user,
+                   reply->status);
+    return PAM_SUCCESS;
 }
 
 /* ------------------------------------------------------------- converse */
 
 /*
- * Get what the person typed, as a string this call owns (wiped and freed by
- * the caller): from PAM_AUTHTOK with try_first_pass/use_first_pass, else from
- * one PAM_PROMPT_ECHO_OFF prompt.
+ * What the person typed, as a string the caller wipes and frees: from
+ * PAM_AUTHTOK with try_first_pass/use_first_pass, else from one
+ * PAM_PROMPT_ECHO_OFF prompt. The module owns the prompt's text: only it knows
+ * whether it asks for a code or (forward_pass) a password and a code.
  */
-static int get_answer(const struct context *ctx, const struct reply *check_reply,
-                      char **answer)
+static int get_answer(const struct context *ctx, char **answer)
 {
     const struct options *opts = &ctx->opts;
-    const char *prompt;
-    char *response = NULL;
+    const char *prompt = opts->prompt != NULL ? opts->prompt
+                         : opts->forward_pass ? DEFAULT_FORWARD_PROMPT
+                                              : DEFAULT_PROMPT;
     int ret;
 
     *answer = NULL;
@@ -811,29 +395,16 @@ static int get_answer(const struct context *ctx, const struct reply *check_reply
             return PAM_AUTH_ERR;
         }
     }
-
-    if (opts->prompt != NULL)
-        prompt = opts->prompt;
-    else if (opts->forward_pass)
-        prompt = DEFAULT_FORWARD_PROMPT;
-    else if (check_reply->has_prompt && check_reply->prompt[0] != '\0')
-        prompt = check_reply->prompt;
-    else
-        prompt = DEFAULT_PROMPT;
-
-    ret = pam_prompt(ctx->pamh, PAM_PROMPT_ECHO_OFF, &response, "%s", prompt);
-    if (ret != PAM_SUCCESS) {
-        if (response != NULL) {
-            explicit_bzero(response, strlen(response));
-            free(response);
-        }
-        pam_syslog(ctx->pamh, LOG_ERR, "conversation failed: %s", pam_strerror(ctx->pamh, ret));
-        return ret == PAM_CONV_AGAIN ? PAM_INCOMPLETE : PAM_CONV_ERR;
+    ret = pam_prompt(ctx->pamh, PAM_PROMPT_ECHO_OFF, answer, "%s", prompt);
+    if (ret == PAM_SUCCESS && *answer != NULL)
+        return PAM_SUCCESS;
+    if (*answer != NULL) {
+        explicit_bzero(*answer, strlen(*answer));
+        free(*answer);
+        *answer = NULL;
     }
-    if (response == NULL)
-        return PAM_CONV_ERR;
-    *answer = response;
-    return PAM_SUCCESS;
+    pam_syslog(ctx->pamh, LOG_ERR, "conversation failed: %s", pam_strerror(ctx->pamh, ret));
+    return ret == PAM_CONV_AGAIN ? PAM_INCOMPLETE : PAM_CONV_ERR;
 }
 
 /*
@@ -849,109 +420,108 @@ static int take_code(const struct context *ctx, char *answer, char *code)
     int ret;
 
     if (ctx->opts.forward_pass) {
-        size_t digits = ctx->opts.digits;
-
         len = strlen(answer);
-        if (len < digits) {
-            pam_syslog(ctx->pamh, LOG_NOTICE, "forward_pass: answer is shorter than the code");
+        code_len = ctx->opts.digits;
+        start = len >= code_len ? answer + len - code_len : answer;
+        if (len < code_len || strspn(start, "0123456789") != code_len) {
+            pam_syslog(ctx->pamh, LOG_NOTICE, "forward_pass: answer does not end in %zu digits",
+                       code_len);
             return PAM_AUTH_ERR;
         }
-        start = answer + len - digits;
-        code_len = digits;
-        for (size_t i = 0; i < digits; i++)
-            if (start[i] < '0' || start[i] > '9') {
-                pam_syslog(ctx->pamh, LOG_NOTICE, "forward_pass: answer does not end in %zu digits",
-                           digits);
-                return PAM_AUTH_ERR;
-            }
     }
     if (code_len == 0) {
         if (ctx->opts.debug)
             pam_syslog(ctx->pamh, LOG_DEBUG, "empty code; refused without asking totpd");
         return PAM_AUTH_ERR;
     }
-    if (!valid_text(start, code_len, MAX_CODE)) {
+    if (!wire_valid_text(start, code_len, MAX_CODE)) {
         pam_syslog(ctx->pamh, LOG_NOTICE, "code too long or holds a control character; refused");
         return PAM_AUTH_ERR;
     }
     memcpy(code, start, code_len);
     code[code_len] = '\0';
+    if (!ctx->opts.forward_pass)
+        return PAM_SUCCESS;
+    answer[len - code_len] = '\0'; /* answer now holds only the password */
+    ret = pam_set_item(ctx->pamh, PAM_AUTHTOK, answer);
+    if (ret != PAM_SUCCESS)
+        pam_syslog(ctx->pamh, LOG_ERR, "forward_pass: cannot set PAM_AUTHTOK: %s",
+                   pam_strerror(ctx->pamh, ret));
+    return ret;
+}
 
-    if (ctx->opts.forward_pass) {
-        answer[len - code_len] = '\0'; /* answer now holds only the password */
-        ret = pam_set_item(ctx->pamh, PAM_AUTHTOK, answer);
-        if (ret != PAM_SUCCESS) {
-            pam_syslog(ctx->pamh, LOG_ERR, "forward_pass: cannot set PAM_AUTHTOK: %s",
-                       pam_strerror(ctx->pamh, ret));
-            return ret;
-        }
+/* ------------------------------------------------------------ map reply */
+
+static const struct {
+    const char *status;
+    int pam_code;
+} status_map[] = {
+    {"ACCEPTED", PAM_SUCCESS},  {"IGNORE", PAM_IGNORE},        {"REJECTED", PAM_AUTH_ERR},
+    {"DENIED", PAM_AUTH_ERR},   {"LOCKED", PAM_MAXTRIES},      {"UNKNOWN_USER", PAM_USER_UNKNOWN},
+};
+
+/* Refusals go out as PAM_ERROR_MSG (always); anything else as PAM_TEXT_INFO. */
+static void show_message(const struct context *ctx, int flags, const struct wire_reply *reply,
+                         bool refusal)
+{
+    if (!reply->has_message || reply->message[0] == '\0')
+        return;
+    if (refusal)
+        pam_error(ctx->pamh, "%s", reply->message);
+    else if (!(flags & PAM_SILENT))
+        pam_info(ctx->pamh, "%s", reply->message);
+}
+
+/* A final reply (anything but NEED_CODE to check): its PAM code, its message shown. */
+static int finish_reply(const struct context *ctx, int flags, const char *verb,
+                        const struct wire_reply *reply)
+{
+    int ret = PAM_AUTHINFO_UNAVAIL; /* docs/protocol.md "Statuses": anything unlisted */
+
+    for (size_t i = 0; i < sizeof status_map / sizeof status_map[0]; i++)
+        if (strcmp(reply->status, status_map[i].status) == 0)
+            ret = status_map[i].pam_code;
+    if (ret == PAM_AUTHINFO_UNAVAIL) {
+        pam_syslog(ctx->pamh, LOG_ERR, "%s: totpd answered %s", verb, reply->status);
+        if (!reply->has_message)
+            pam_error(ctx->pamh, "%s", UNAVAILABLE_TEXT);
     }
-    return PAM_SUCCESS;
+    show_message(ctx, flags, reply, ret != PAM_SUCCESS && ret != PAM_IGNORE);
+    return ret;
 }
 
 /* ---------------------------------------------------------------- entry */
 
 PAM_EXTERN int pam_sm_authenticate(pam_handle_t *pamh, int flags, int argc, const char **argv)
 {
-    struct context ctx = {.pamh = pamh, .fd = -1};
-    struct request req;
-    struct reply reply;
-    char code[MAX_CODE + 1];
+    struct context ctx = {.pamh = pamh};
+    struct wire_reply reply;
+    char code[MAX_CODE + 1] = {0};
     char *answer = NULL;
     size_t answer_size = 0; /* take_code cuts answer short: wipe all of it */
-    const char *user = NULL;
-    const void *service = NULL, *rhost = NULL, *tty = NULL;
+    const void *item;
     int ret;
-
-    memset(&req, 0, sizeof req);
-    memset(&reply, 0, sizeof reply);
-    memset(code, 0, sizeof code);
 
     /* options */
     parse_options(pamh, argc, argv, &ctx.opts);
-
-    ret = pam_get_user(pamh, &user, NULL);
+    ret = pam_get_user(pamh, &ctx.user, NULL);
     if (ret != PAM_SUCCESS) {
         pam_syslog(pamh, LOG_ERR, "cannot get the user name: %s", pam_strerror(pamh, ret));
         goto cleanup;
     }
-    if (user == NULL || !valid_user(user)) {
+    if (ctx.user == NULL || !wire_valid_user(ctx.user)) {
         pam_syslog(pamh, LOG_NOTICE, "user name is empty, too long or not a valid name");
         ret = PAM_USER_UNKNOWN;
         goto cleanup;
     }
-    if (pam_get_item(pamh, PAM_SERVICE, &service) != PAM_SUCCESS)
-        service = NULL;
-    if (pam_get_item(pamh, PAM_RHOST, &rhost) != PAM_SUCCESS)
-        rhost = NULL;
-    if (pam_get_item(pamh, PAM_TTY, &tty) != PAM_SUCCESS)
-        tty = NULL;
-    if (!valid_item(service, MAX_VALUE) || !valid_item(rhost, MAX_VALUE) ||
-        !valid_item(tty, MAX_VALUE)) {
-        pam_syslog(pamh, LOG_ERR, "PAM_SERVICE, PAM_RHOST or PAM_TTY is too long or holds "
-                                  "a control character; cannot ask totpd");
-        ret = PAM_AUTHINFO_UNAVAIL;
-        goto cleanup;
-    }
+    ctx.service = pam_get_item(pamh, PAM_SERVICE, &item) == PAM_SUCCESS ? item : NULL;
+    ctx.rhost = pam_get_item(pamh, PAM_RHOST, &item) == PAM_SUCCESS ? item : NULL;
+    ctx.tty = pam_get_item(pamh, PAM_TTY, &item) == PAM_SUCCESS ? item : NULL;
 
     /* ask: does this account need a code here? */
-    request_start(&req, "check");
-    request_add(&req, "user", user);
-    request_add(&req, "service", service);
-    request_add(&req, "rhost", rhost);
-    request_add(&req, "tty", tty);
-    if (!request_finish(&req)) {
-        pam_syslog(pamh, LOG_ERR, "check request over %d bytes", MAX_REQUEST_PAYLOAD);
-        ret = PAM_AUTHINFO_UNAVAIL;
+    ret = ask(&ctx, "check", NULL, &reply);
+    if (ret != PAM_SUCCESS)
         goto cleanup;
-    }
-    ret = exchange(&ctx, &req, &reply, true);
-    if (ret != PAM_SUCCESS) {
-        pam_error(pamh, "%s", UNAVAILABLE_TEXT);
-        goto cleanup;
-    }
-    if (ctx.opts.debug)
-        pam_syslog(pamh, LOG_DEBUG, "check user=%s: totpd answered %s", user, reply.status);
     if (strcmp(reply.status, "NEED_CODE") != 0) {
         ret = finish_reply(&ctx, flags, "check", &reply);
         goto cleanup;
@@ -959,7 +529,7 @@ PAM_EXTERN int pam_sm_authenticate(pam_handle_t *pamh, int flags, int argc, cons
     show_message(&ctx, flags, &reply, false);
 
     /* converse */
-    ret = get_answer(&ctx, &reply, &answer);
+    ret = get_answer(&ctx, &answer);
     if (ret != PAM_SUCCESS)
         goto cleanup;
     answer_size = strlen(answer);
@@ -967,33 +537,13 @@ PAM_EXTERN int pam_sm_authenticate(pam_handle_t *pamh, int flags, int argc, cons
     if (ret != PAM_SUCCESS)
         goto cleanup;
 
-    /* answer: on the check's connection if the answer came within KEEP_MS, else on a
-     * new one (a person typing takes longer than the daemon keeps an idle connection) */
-    request_start(&req, "verify");
-    request_add(&req, "user", user);
-    request_add(&req, "service", service);
-    request_add(&req, "rhost", rhost);
-    request_add(&req, "tty", tty);
-    request_add(&req, "code", code);
-    if (!request_finish(&req)) {
-        pam_syslog(pamh, LOG_ERR, "verify request over %d bytes", MAX_REQUEST_PAYLOAD);
-        ret = PAM_AUTHINFO_UNAVAIL;
-        goto cleanup;
-    }
-    memset(&reply, 0, sizeof reply);
-    ret = exchange(&ctx, &req, &reply, false);
-    if (ret != PAM_SUCCESS) {
-        pam_error(pamh, "%s", UNAVAILABLE_TEXT);
-        goto cleanup;
-    }
-
-    /* map reply */
-    ret = finish_reply(&ctx, flags, "verify", &reply);
+    /* answer, then map the reply (NEED_CODE to verify is unlisted: unavailable) */
+    ret = ask(&ctx, "verify", code, &reply);
+    if (ret == PAM_SUCCESS)
+        ret = finish_reply(&ctx, flags, "verify", &reply);
 
 cleanup:
-    drop_connection(&ctx);
     explicit_bzero(code, sizeof code);
-    explicit_bzero(&req, sizeof req);
     if (answer != NULL) {
         explicit_bzero(answer, answer_size);
         free(answer);

@@ -44,8 +44,9 @@ def reply(status: str, **fields: str) -> bytes:
 
 
 def reference_status(data: bytes) -> str | None:
-    """What a strictly conforming client makes of `data` as a reply to check or
-    verify: the status, or None for anything malformed. The oracle of the fuzz tests."""
+    """What a strictly conforming client that reads only `message` makes of `data` as
+    a reply to check or verify: the status, or None for anything malformed. The
+    oracle of the fuzz tests."""
     import re
 
     if len(data) < HEADER.size:
@@ -65,16 +66,17 @@ def reference_status(data: bytes) -> str | None:
     lines = text[:-1].split("\n")
     if not re.fullmatch(r"[A-Z_]{1,32}", lines[0]):
         return None
-    seen = set()
+    messages = 0
     for line in lines[1:]:
         key, sep, value = line.partition("=")
-        if not sep or not re.fullmatch(r"[a-z_]{1,32}", key) or key in seen:
+        if not sep or not re.fullmatch(r"[a-z_]{1,32}", key):
             return None
-        seen.add(key)
         if re.search(r"[\x00-\x1f\x7f-\x9f]", value):
             return None
-        if key in ("message", "prompt") and len(value.encode()) > MAX_MESSAGE:
-            return None
+        if key == "message":  # the one key a client shows: at most once, at most 512 bytes
+            messages += 1
+            if messages > 1 or len(value.encode()) > MAX_MESSAGE:
+                return None
     return lines[0]
 
 
@@ -86,10 +88,7 @@ class Received:
     fields: dict[str, str]
     keys: list[str]  # in order, duplicates kept
     peer_uid: int
-
-
-class Final(bytes):
-    """Bytes after which the connection closes, even on a persistent fake daemon."""
+    peer_pid: int
 
 
 # A handler gets the request and returns the bytes to send (then the connection
@@ -150,15 +149,15 @@ class FakeDaemon:
         try:
             conn.settimeout(10)
             creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-            _pid, uid, _gid = struct.unpack("3i", creds)
-            while self._exchange(conn, uid, verbs) and self.persistent:
+            pid, uid, _gid = struct.unpack("3i", creds)
+            while self._exchange(conn, pid, uid, verbs) and self.persistent:
                 pass
         except (EOFError, OSError):
             pass
         finally:
             conn.close()
 
-    def _exchange(self, conn: socket.socket, uid: int, verbs: list[str]) -> bool:
+    def _exchange(self, conn: socket.socket, pid: int, uid: int, verbs: list[str]) -> bool:
         """Read one request and answer it; False when the connection is done."""
         header = _recv_exact(conn, HEADER.size)
         _magic, _version, _flags, length = HEADER.unpack(header)
@@ -169,7 +168,7 @@ class FakeDaemon:
             key, _, value = line.partition("=")
             keys.append(key)
             fields[key] = value
-        received = Received(header + payload, lines[0], fields, keys, uid)
+        received = Received(header + payload, lines[0], fields, keys, uid, pid)
         with self._lock:
             self.received.append(received)
             verbs.append(received.verb)
@@ -180,7 +179,7 @@ class FakeDaemon:
         if not answer:
             return False
         conn.sendall(answer)
-        return not isinstance(answer, Final)
+        return True
 
     def stop(self) -> None:
         self._stopping.set()

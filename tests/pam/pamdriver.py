@@ -18,7 +18,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from typing import Iterable, Sequence
 
 PAM_SUCCESS = 0
@@ -148,11 +147,9 @@ def authenticate(
     rhost: str | None = None,
     tty: str | None = None,
     flags: int = 0,
-    think: float = 0.0,
 ) -> Result:
     """Run pam_authenticate once. `answer` replies to each echo-off/on prompt in
-    turn (a str answers every prompt), `think` seconds after the prompt; None makes
-    the conversation fail."""
+    turn (a str answers every prompt); None makes the conversation fail."""
     messages: list[tuple[int, str]] = []
     answers = [answer] if isinstance(answer, str) else list(answer or [])
     repeat = isinstance(answer, str)
@@ -172,7 +169,6 @@ def authenticate(
                     _libc.free(ctypes.c_void_p(responses))
                     return PAM_CONV_ERR
                 reply = answers[0] if repeat else answers.pop(0)
-                time.sleep(think)
                 array[i].resp = _libc.strdup(reply.encode("utf-8", "surrogateescape"))
                 array[i].resp_retcode = 0
         resp_out[0] = array

@@ -26,9 +26,9 @@ class Stack:
         return self
 
     def auth(self, answer=None, *, user: str = "alice", rhost: str | None = None,
-             tty: str | None = None, flags: int = 0, think: float = 0.0) -> pamdriver.Result:
+             tty: str | None = None, flags: int = 0) -> pamdriver.Result:
         return pamdriver.authenticate(self.service, user, str(self.confdir), answer,
-                                      rhost=rhost, tty=tty, flags=flags, think=think)
+                                      rhost=rhost, tty=tty, flags=flags)
 
     def auth_isolated(self, answer=None, *, user: str = "alice", env=None,
                       **kwargs) -> pamdriver.Result:
