@@ -74,9 +74,8 @@ class Audit:
         severity = logging.WARNING if level == "warning" else logging.INFO
         if not log.isEnabledFor(severity):
             return
-        # The daemon's log format, written directly: a LogRecord per login was a tenth
-        # of a verification's cost in the profile (docs/performance.md). Inside the
-        # event loop, the lines of one turn go out in one write at the end of it.
+        # The daemon's log format written directly, without a LogRecord per login; inside
+        # the event loop, the lines of one turn go out in one write at the end of it.
         text = f"totpd: {logging.getLevelName(severity)}: {line}\n"
         try:
             loop = asyncio.get_running_loop()

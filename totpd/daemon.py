@@ -161,9 +161,9 @@ class Connection:
     """One client: frames in, one request answered at a time, replies out in order.
 
     Plain non-blocking sockets on the event loop's reader/writer callbacks, with no
-    transport, stream or task per connection: the PAM module opens a connection per
-    login, and asyncio's accept path (a task, a transport, a protocol) cost more than
-    the verification itself (docs/performance.md). Limits: the announced length is
+    transport, stream or task per connection, because the PAM module opens a
+    connection per login and asyncio's accept path costs more than the verification
+    itself. Limits: the announced length is
     checked before a payload is buffered; at most READ_AHEAD bytes beyond the request
     being answered are read (then reading stops until it is answered); the next reply
     is not started while the previous one is still queued; and a whole frame must
@@ -490,11 +490,9 @@ def freeze_startup_heap() -> None:
     """Take everything start-up built (modules, configuration, the store, D-Bus) out of
     the cyclic garbage collector's sight, once, when the daemon is ready to serve.
 
-    Those objects live as long as the daemon, but a full collection walked all of them
-    again every time: under 64 clients opening a connection per request that was a
-    stall of 7-15 ms a few times per second, with every request in flight waiting in
-    it (the p99 of docs/performance.md). Objects made later (connections, requests)
-    are collected as before; garbage left by start-up is collected first.
+    Those objects live as long as the daemon, but every full collection walks them
+    again, stalling every request in flight. Objects made later (connections,
+    requests) are collected as before; garbage left by start-up is collected first.
     """
     gc.collect()
     gc.freeze()

@@ -47,17 +47,12 @@ class Params:
 
 
 class _TOTP(pyotp.TOTP):
+    """pyotp's TOTP for the enrollment URI, accepting the 80-bit secrets we import."""
+
     min_secret_length_bits = MIN_IMPORTED_SECRET_BYTES * 8
 
     def __init__(self, secret: bytes, **options: object) -> None:
-        self._secret_bytes: bytes | None = None
         super().__init__(encode_secret(secret), **options)  # type: ignore[arg-type]
-        self._secret_bytes = super().byte_secret()  # pyotp's length check, once
-
-    def byte_secret(self) -> bytes:
-        # pyotp decodes the base32 text again for every code; a verification computes
-        # 2*window+1 of them, so decode once.
-        return self._secret_bytes if self._secret_bytes is not None else super().byte_secret()
 
 
 def new_secret() -> bytes:
@@ -117,9 +112,8 @@ def match_step(secret: bytes, params: Params, code: str, now: float, window: int
 def hotp(secret: bytes, counter: int, digits: int, digest: str) -> str:
     """RFC 4226 HOTP with one C call for the HMAC: the code pyotp computes.
 
-    The verification hot path computes 2*window+1 of these per login; pyotp's
-    object-per-code path cost four times as much (docs/performance.md). A test
-    checks that both agree for every algorithm, digit count and many counters.
+    A login computes 2*window+1 of these, and pyotp builds objects for each one; a
+    test checks that both agree for every algorithm, digit count and many counters.
     """
     mac = hmac.digest(secret, counter.to_bytes(8, "big"), digest)
     offset = mac[-1] & 0x0F

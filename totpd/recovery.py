@@ -2,8 +2,9 @@
 
 Parameters: argon2id, t=2, m=19 MiB, p=1 (OWASP's minimum for argon2id). Codes we
 generate carry 60 bits of entropy, so the hash mostly protects imported scratch
-codes (8 digits, ~27 bits) if the database leaks; each check costs ~20 ms, which is
-why checks run outside the store's thread.
+codes (8 digits, ~27 bits) if the database leaks. Each check is tens of
+milliseconds of CPU by design, so the service runs them on its argon2 worker, and
+only once the throttle has admitted the attempt.
 """
 
 from __future__ import annotations
