@@ -1,0 +1,43 @@
+"""The systemd glue: readiness and watchdog messages (sd_notify), and socket activation.
+
+Both are no-ops when systemd is not there, so the daemon runs the same by hand.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+
+from .errors import TotpdError
+
+SD_LISTEN_FDS_START = 3
+
+
+def sd_notify(message: str) -> None:
+    """Send one sd_notify(3) datagram if systemd (or a test) listens on NOTIFY_SOCKET."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        sock.sendto(message.encode(), address)
+
+
+def systemd_socket() -> socket.socket | None:
+    """The listening socket systemd handed over (LISTEN_FDS/LISTEN_PID), if any."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return None
+    count = int(os.environ.get("LISTEN_FDS", "0") or 0)
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)
+    if count < 1:
+        return None
+    if count > 1:
+        raise TotpdError(f"systemd passed {count} sockets; totpd listens on exactly one")
+    sock = socket.socket(fileno=SD_LISTEN_FDS_START)
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+        raise TotpdError("the socket systemd passed is not a Unix stream socket")
+    os.set_inheritable(sock.fileno(), False)
+    return sock
