@@ -1,0 +1,197 @@
+"""The wire protocol (totpd/protocol.py): the documented vectors, the limits, and
+hypothesis fuzzing of the parser (it raises only ProtocolError, FrameError for the
+framing) and of encode/decode round trips.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from totpd import protocol
+from totpd.errors import FrameError, ProtocolError
+from totpd.protocol import (
+    HEADER_SIZE, MAX_REQUEST_PAYLOAD, VERBS, Reply, Request, decode_reply, decode_request,
+    encode_reply, encode_request, parse_header,
+)
+
+# The statuses of docs/protocol.md's table, and nothing else.
+DOCUMENTED_STATUSES = {
+    "ACCEPTED", "NEED_CODE", "IGNORE", "REJECTED", "DENIED", "LOCKED", "UNKNOWN_USER", "OK",
+    "EXISTS", "NOT_ENROLLED", "FORBIDDEN", "BAD_REQUEST", "UNAVAILABLE", "BUSY",
+}
+
+FAST = settings(max_examples=1500, deadline=None, derandomize=True)
+
+
+def test_the_documented_statuses_are_the_ones_docs_protocol_md_lists():
+    table = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text()
+    listed = {line.split("`")[1] for line in table.splitlines() if line.startswith("| `") and line.split("`")[1].isupper()}
+    assert DOCUMENTED_STATUSES == {name for name in listed if not name.startswith("MAX_")}
+
+# -- protocol -----------------------------------------------------------------------
+
+VECTORS = {
+    "ping": "5444 0100 0000 0005 70696e670a",
+    "ok": "5444 0100 0000 000d 4f4b0a76657273696f6e3d310a",
+    "check": "5444 0100 0000 001e 636865636b0a757365723d616c6963650a736572766963653d7375646f0a",
+    "need_code": "5444 0100 0000 0025 4e4545445f434f44450a70726f6d70743d566572696669636174696f6e20636f64653a200a",
+}
+
+
+def _hex(text: str) -> bytes:
+    return bytes.fromhex(text.replace(" ", ""))
+
+
+def test_the_protocol_documents_vectors_match_the_encoder():
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text()
+    for vector in VECTORS.values():
+        assert vector in doc
+    assert protocol.encode_request("ping", {}) == _hex(VECTORS["ping"])
+    assert protocol.encode_reply(protocol.Reply("OK", {"version": "1"})) == _hex(VECTORS["ok"])
+    assert protocol.encode_request("check", {"user": "alice", "service": "sudo"}) == _hex(VECTORS["check"])
+    assert protocol.encode_reply(protocol.Reply("NEED_CODE", {"prompt": "Verification code: "})) == _hex(VECTORS["need_code"])
+    raw = _hex(VECTORS["check"])
+    length = protocol.parse_header(raw[:8], protocol.MAX_REQUEST_PAYLOAD)
+    request = protocol.decode_request(raw[8 : 8 + length])
+    assert request.verb == "check" and request.fields == {"user": "alice", "service": "sudo"}
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["5845 0100 0000 0005", "5444 0200 0000 0005", "5444 0101 0000 0005", "5444 0100 0000 0000", "5444 0100 0000 1001"],
+)
+def test_the_documented_malformed_headers_are_refused(header):
+    with pytest.raises(FrameError):
+        protocol.parse_header(_hex(header), protocol.MAX_REQUEST_PAYLOAD)
+
+
+def test_a_payload_without_a_final_line_feed_is_refused():
+    with pytest.raises(ProtocolError, match="line feed"):
+        protocol.decode_request(b"ping")
+
+
+@pytest.mark.parametrize("user", ["alice", "Alice Smith", "alice@EXAMPLE.COM", "DOMAIN\\alice", "ölçü", "a" * 256])
+def test_names_that_directories_produce_are_accepted(user):
+    assert protocol.check_user(user) == user
+
+
+@pytest.mark.parametrize("user", ["", ".", "..", "a/b", "/etc", "a\nb", "a\tb", "a\x7fb", "a\u0085b", "a" * 257, "é" * 129])
+def test_hostile_account_names_are_refused(user):
+    with pytest.raises(ProtocolError):
+        protocol.check_user(user)
+
+# -- the protocol parser -----------------------------------------------------------
+
+# Text the protocol can carry in a value: no C0/C1 controls, no DEL.
+SAFE_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters=[chr(c) for c in [*range(0x20), *range(0x7F, 0xA0)]]), max_size=40)
+KEYS = st.sampled_from(sorted({key for required, optional in VERBS.values() for key in required | optional} | {"x", "message"}))
+
+
+@st.composite
+def near_valid_payloads(draw) -> bytes:
+    """Payloads built from the grammar, then sometimes broken: reach deep into the parser."""
+    verb = draw(st.sampled_from([*VERBS, "explode", "", "VERIFY", "a" * 33]))
+    lines = [verb]
+    for _ in range(draw(st.integers(0, 6))):
+        key = draw(st.one_of(KEYS, st.text(max_size=5)))
+        value = draw(st.one_of(SAFE_TEXT, st.text(max_size=8), st.just("a" * 1025), st.just(".."), st.just("")))
+        lines.append(f"{key}={value}" if draw(st.booleans()) or not key else key)
+    payload = ("\n".join(lines) + draw(st.sampled_from(["\n", "\n", "", "\r\n", "\n\n"]))).encode("utf-8", "surrogatepass")
+    if draw(st.integers(0, 9)) == 0 and payload:
+        at = draw(st.integers(0, len(payload) - 1))
+        payload = payload[:at] + draw(st.binary(min_size=1, max_size=3)) + payload[at + 1:]
+    return payload
+
+
+@FAST
+@given(header=st.binary(min_size=HEADER_SIZE, max_size=HEADER_SIZE), limit=st.sampled_from([1, 4096, 65536]))
+def test_parse_header_returns_a_bounded_length_or_raises_frame_error(header, limit):
+    try:
+        length = parse_header(header, limit)
+    except FrameError:
+        return
+    assert 1 <= length <= limit
+    assert header[:2] == b"TD" and header[2] == 1 and header[3] == 0
+    assert struct.unpack(">I", header[4:])[0] == length
+
+
+@FAST
+@given(payload=st.one_of(st.binary(max_size=200), near_valid_payloads()))
+def test_decode_request_returns_a_well_formed_request_or_raises_protocol_error(payload):
+    try:
+        request = decode_request(payload)
+    except ProtocolError:
+        return
+    required, optional = VERBS[request.verb]
+    assert required <= request.fields.keys() <= required | optional
+    if "user" in request.fields:
+        assert protocol.check_user(request.user) == request.user
+    assert all(len(value.encode()) <= protocol.MAX_VALUE for value in request.fields.values())
+    # What the parser accepted re-encodes to a frame it accepts again, unchanged.
+    frame = encode_request(request.verb, request.fields)
+    assert decode_request(frame[HEADER_SIZE:]) == request
+
+
+@FAST
+@given(payload=st.binary(max_size=200))
+def test_decode_reply_returns_a_reply_or_raises_protocol_error(payload):
+    try:
+        reply = decode_reply(payload)
+    except ProtocolError:
+        return
+    assert re.fullmatch(r"[A-Z_]{1,32}", reply.status)
+    assert all(re.fullmatch(r"[a-z_]{1,32}", key) for key in reply.fields)
+
+
+@st.composite
+def valid_requests(draw) -> Request:
+    verb = draw(st.sampled_from(sorted(VERBS)))
+    required, optional = VERBS[verb]
+    keys = set(required) | draw(st.sets(st.sampled_from(sorted(optional)))) if optional else set(required)
+    fields = {}
+    for key in sorted(keys):
+        if key == "user":
+            fields[key] = draw(SAFE_TEXT.filter(lambda u: u and u not in (".", "..") and "/" not in u))
+        else:
+            fields[key] = draw(SAFE_TEXT)
+    return Request(verb, fields)
+
+
+@FAST
+@given(request=valid_requests())
+def test_encoded_requests_decode_to_the_same_request(request):
+    frame = encode_request(request.verb, request.fields)
+    length = parse_header(frame[:HEADER_SIZE], MAX_REQUEST_PAYLOAD * 16)
+    assert length == len(frame) - HEADER_SIZE
+    try:
+        decoded = decode_request(frame[HEADER_SIZE:])
+    except ProtocolError as exc:  # only the documented limits may refuse a well-formed request
+        assert "longer than" in str(exc), exc
+        return
+    assert decoded == request
+
+
+@FAST
+@given(
+    status=st.from_regex(r"[A-Z_]{1,32}", fullmatch=True),
+    fields=st.dictionaries(st.from_regex(r"[a-z_]{1,32}", fullmatch=True), SAFE_TEXT, max_size=6),
+)
+def test_encoded_replies_decode_to_the_same_reply(status, fields):
+    frame = encode_reply(Reply(status, fields))
+    assert parse_header(frame[:HEADER_SIZE], 1 << 20) == len(frame) - HEADER_SIZE
+    assert decode_reply(frame[HEADER_SIZE:]) == Reply(status, fields)
+
+
+@FAST
+@given(value=st.text(max_size=10).filter(lambda v: any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in v)))
+def test_a_control_character_is_never_encoded_into_a_frame(value):
+    with pytest.raises(ProtocolError):
+        encode_request("verify", {"user": "alice", "code": value})
+    with pytest.raises(ProtocolError):
+        encode_reply(Reply("REJECTED", {"message": value}))
