@@ -8,7 +8,6 @@ it, so each of those steps is written once.
 
 from __future__ import annotations
 
-import dataclasses
 import hmac
 import logging
 import time
@@ -156,10 +155,8 @@ class Context:
         known = self._rules_resolved.get(rules)
         if known is not None:
             return known
-        required, all_required = await self.nss.run(identity.canonical_names, rules.required_users)
-        exempt, all_exempt = await self.nss.run(identity.canonical_names, rules.exempt_users)
-        resolved = dataclasses.replace(rules, required_users=required, exempt_users=exempt)
-        if all_required and all_exempt:
+        resolved, complete = await self.nss.run(identity.canonical_rules, rules)
+        if complete:
             self._rules_resolved[rules] = resolved
         return resolved
 

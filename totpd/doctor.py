@@ -29,7 +29,8 @@ from typing import Callable, Iterable
 from . import __version__, clock, config as config_module, pamstack
 from .client import Client
 from .errors import CannotRun, ClientError, ConfigError
-from .identity import groups_of
+from .audit import quote
+from .identity import canonical, canonical_rules, groups_of
 from .policy import Policy, local_today
 from .protocol import MAX_LIST_LIMIT
 from .store import is_postgres
@@ -459,6 +460,18 @@ def check_accounts(ctx: Context) -> list[Finding]:
         return [warn("accounts.cannot_list", f"the daemon refused to list accounts: {exc}", "run totpctl doctor as root")]
     policy = Policy(ctx.config)
     today = local_today(time.time())
+    findings = []
+    if ctx.config.check_accounts:
+        # Stored under a name NSS resolves to another account (an earlier release kept
+        # names as typed): logins as that account no longer find the enrollment.
+        for stored in sorted(enrolled):
+            name = canonical(stored)
+            if name != stored:
+                findings.append(error("accounts.not_canonical", f"account {quote(stored)} is enrolled under a name NSS resolves to {quote(name)}: logins as {quote(name)} do not find that enrollment",
+                                      f"totpctl reset {stored}, then totpctl enroll {name}"))
+    rules = {service: policy.rules(service) for service in ctx.options.services}
+    if ctx.config.check_accounts:  # lists resolved as the daemon resolves them
+        rules = {service: canonical_rules(each)[0] for service, each in rules.items()}
     denied: dict[str, set[str]] = {}
     allowed: dict[str, set[str]] = {}
     for user in login_accounts():
@@ -466,12 +479,11 @@ def check_accounts(ctx: Context) -> list[Finding]:
             continue
         groups = groups_of(user)
         for service in ctx.options.services:
-            outcome = policy.unenrolled(policy.rules(service), user, groups, today)
+            outcome = policy.unenrolled(rules[service], user, groups, today)
             if outcome.status == "DENIED":
                 denied.setdefault(user, set()).add(service)
-            elif policy.required(policy.rules(service), user, groups):
+            elif policy.required(rules[service], user, groups):
                 allowed.setdefault(user, set()).add(service)
-    findings = []
     for user in sorted(denied):
         findings.append(error("accounts.unenrolled", f"account {user}: policy requires a code for {', '.join(sorted(denied[user]))} but it is not enrolled: its logins are refused",
                               f"totpctl enroll {user}, or exempt it (exempt_users) if it must not log in with a code"))

@@ -10,9 +10,14 @@ callers run them on the service's NSS worker, never on the event loop.
 
 from __future__ import annotations
 
+import dataclasses
 import grp
 import os
 import pwd
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .policy import Rules
 
 
 def lookup(name: str) -> pwd.struct_passwd | None:
@@ -45,6 +50,14 @@ def canonical_names(names: tuple[str, ...]) -> tuple[tuple[str, ...], bool]:
     """`names` (a policy list) in canonical names, and whether NSS knew every one."""
     resolved = tuple(canonical(name) for name in names)
     return resolved, all(lookup(name) is not None for name in names)
+
+
+def canonical_rules(rules: "Rules") -> tuple["Rules", bool]:
+    """A policy's rules with their account lists in canonical names, and whether NSS
+    knew every name (the daemon and `totpctl doctor` resolve them alike)."""
+    required, known_required = canonical_names(rules.required_users)
+    exempt, known_exempt = canonical_names(rules.exempt_users)
+    return dataclasses.replace(rules, required_users=required, exempt_users=exempt), known_required and known_exempt
 
 
 def groups_of(user: str) -> frozenset[str]:

@@ -265,3 +265,19 @@ def test_a_policy_list_naming_the_account_in_another_spelling_still_means_the_ac
     (result,) = pam_logins(totp, [(VICTIM, "000000")])
     assert result.name == "PAM_AUTH_ERR"
     assert audit_lines(totp, "check", 1)[0]["result"] == "not_enrolled_denied"
+
+
+def test_doctor_names_an_enrollment_stored_under_another_spelling(make_totp, nss_libdir):
+    # An earlier release (or check_accounts = false) stored the name as typed; once
+    # names are resolved, logins as tvictim no longer find that enrollment.
+    totp = make_totp(config="check_accounts = false\n", user=VICTIM, uid=VICTIM_UID, nss=nss(nss_libdir))
+    assert totpctl(totp, "reset", VICTIM).returncode == 0
+    assert totpctl(totp, "enroll", "TVICTIM", "--no-confirm").returncode == 0
+    totp.stop_daemon()
+    totp.config.write_text(totp.config.read_text().replace("check_accounts = false", "check_accounts = true"))
+    totp.start_daemon()
+    done = totpctl(totp, "doctor", "--json", "--config", str(totp.config), "--service", "sshd")
+    findings = {finding["id"]: finding for finding in json.loads(done.stdout)["findings"]}
+    assert done.returncode == 1
+    assert "account TVICTIM is enrolled under a name NSS resolves to tvictim" in findings["accounts.not_canonical"]["message"]
+    assert findings["accounts.not_canonical"]["fix"] == "totpctl reset TVICTIM, then totpctl enroll tvictim"
