@@ -323,3 +323,13 @@ def test_a_key_held_as_a_systemd_credential_is_checked_not_missing(tmp_path: Pat
         assert "files.credential_mode" in _by_severity(report, "error")
     finally:
         (tmp_path / "moved.key").rename(key)
+
+
+def test_usedns_is_flagged_only_where_trusted_networks_would_meet_host_names() -> None:
+    settings = {"usepam": "yes", "kbdinteractiveauthentication": "yes",
+                "authenticationmethods": "publickey,keyboard-interactive", "usedns": "yes"}
+    flagged = {finding.id for finding in doctor.judge_sshd(settings, "sshd_config", trusting=True)}
+    assert "sshd.usedns" in flagged
+    assert "sshd.usedns" not in {finding.id for finding in doctor.judge_sshd(settings, "sshd_config")}
+    settings["usedns"] = "no"
+    assert "sshd.usedns" not in {finding.id for finding in doctor.judge_sshd(settings, "sshd_config", trusting=True)}

@@ -28,14 +28,15 @@ def verify(daemon, user: str, code: str, service: str = "sshd", rhost: str = "19
     return wire.request(daemon.socket_path, "verify", user=user, code=code, service=service, rhost=rhost)
 
 
-def login(daemon, tmp_path, service: str, user: str, answer: str = "000000", then: str = "pam_permit.so"):
-    """A real libpam transaction: pam_totpd, then `then` (what the rest of the stack decides)."""
+def login(daemon, tmp_path, service: str, user: str, answer: str = "000000", then: str = "pam_permit.so",
+          rhost: str = "192.0.2.1"):
+    """A real libpam transaction from `rhost`: pam_totpd, then `then` (what the rest of the stack decides)."""
     module = Path(__file__).resolve().parent.parent / "pam" / "pam_totpd.so"
     confdir = str(tmp_path / f"pam.d-{service}")
     pamdriver.write_confdir(
         confdir, service, [f"auth [success=done ignore=ignore default=die] {module} socket={daemon.socket_path}", f"auth required {then}"]
     )
-    return pamdriver.authenticate(service, user, confdir, answer, rhost="192.0.2.1")
+    return pamdriver.authenticate(service, user, confdir, answer, rhost=rhost)
 
 
 # -- who must use a second factor ---------------------------------------------------
@@ -230,3 +231,56 @@ def test_an_accepted_code_far_from_the_host_clock_is_logged_as_drift(make_daemon
     # +3, or +2 if a step boundary passed in between
     assert re.search(r"an accepted code for alice was \+[23] steps from this host's clock", daemon.log())
     assert drifted not in daemon.log()
+
+
+# -- trusted networks ---------------------------------------------------------------
+
+TRUSTED = ["192.0.2.0/24", "2001:db8::/32"]
+
+
+@pytest.mark.parametrize("rhost", ["192.0.2.77", "2001:db8::5", "::ffff:192.0.2.77"])
+def test_a_login_from_a_trusted_network_skips_the_code_even_when_enrolled(make_daemon, tmp_path, rhost):
+    daemon = make_daemon(trusted_networks=TRUSTED)
+    daemon.enroll("alice")
+    result = login(daemon, tmp_path, "sshd", "alice", rhost=rhost)
+    assert (result.name, result.prompts) == ("PAM_SUCCESS", [])  # pam_permit, the rest of the stack, decided
+    assert logged(daemon, f"event=check user=alice service=sshd rhost={rhost} uid=0 result=trusted_network")
+
+
+def logged(daemon, text: str, timeout: float = 5.0) -> bool:
+    """Whether the daemon's log shows `text` within `timeout` (a turn's audit lines follow its replies)."""
+    deadline = time.monotonic() + timeout
+    while text not in daemon.log():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+@pytest.mark.parametrize("rhost", ["198.51.100.7", "trusted.example", "192.0.2.77.example", ""])
+def test_an_untrusted_address_a_host_name_or_no_remote_host_is_asked_for_the_code(make_daemon, tmp_path, rhost):
+    daemon = make_daemon(trusted_networks=["0.0.0.0/0", "::/0"] if not rhost or "example" in rhost else TRUSTED)
+    daemon.enroll("alice")
+    result = login(daemon, tmp_path, "sshd", "alice", rhost=rhost)
+    assert (result.name, result.prompts) == ("PAM_AUTH_ERR", ["Verification code: "])
+
+
+def test_a_service_can_trust_no_network_while_others_do(make_daemon, tmp_path):
+    daemon = make_daemon(trusted_networks=TRUSTED, services={"sudo": {"trusted_networks": []}})
+    daemon.enroll("alice")
+    assert login(daemon, tmp_path, "sshd", "alice", rhost="192.0.2.9").name == "PAM_SUCCESS"
+    assert login(daemon, tmp_path, "sudo", "alice", rhost="192.0.2.9").name == "PAM_AUTH_ERR"
+
+
+def test_a_non_root_caller_cannot_claim_a_trusted_address(make_daemon):
+    daemon = make_daemon(trusted_networks=TRUSTED, check_accounts=True)
+    daemon.enroll("nobody")
+    status, _ = daemon.call_as(NOBODY, "check", user="nobody", service="sshd", rhost="192.0.2.9")
+    assert status == "NEED_CODE"
+
+
+def test_a_trusted_network_with_host_bits_set_is_refused_naming_the_key(make_daemon):
+    daemon = make_daemon(start=False, trusted_networks=["10.0.0.1/8"])
+    with pytest.raises(RuntimeError, match=r"key 'trusted_networks' lists '10.0.0.1/8', which is not a network"):
+        daemon.start()
+

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import ipaddress
 import os
 import socket
 import tomllib
@@ -40,6 +41,7 @@ class Config:
     exempt_users: tuple[str, ...] = ()
     exempt_groups: tuple[str, ...] = ()
     remember_host: int = 0
+    trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     services: dict[str, "ServicePolicy"] = dataclasses.field(default_factory=dict)
     smtp: "SmtpConfig | None" = None
     window: int = 1
@@ -72,6 +74,7 @@ class ServicePolicy:
     unenrolled: str | None = None
     allow_until: datetime.date | None = None
     remember_host: int | None = None
+    trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +139,18 @@ def _names(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
         raise ValueError("must be a list of names, e.g. [\"alice\", \"bob\"]")
     return tuple(value)
+
+
+def _networks(value: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ValueError('must be a list of networks, e.g. ["192.0.2.0/24", "2001:db8::/32"]')
+    networks = []
+    for item in value:
+        try:
+            networks.append(ipaddress.ip_network(item, strict=True))
+        except ValueError as exc:  # "10.0.0.1/8" included: a typo there would trust too much or too little
+            raise ValueError(f"lists '{item}', which is not a network address with a prefix length ({exc})") from None
+    return tuple(networks)
 
 
 def _date(value: Any) -> datetime.date:
@@ -265,6 +280,7 @@ _KEYS: dict[str, Callable[[Any], Any]] = {
     "exempt_users": _names,
     "exempt_groups": _names,
     "remember_host": _seconds,
+    "trusted_networks": _networks,
     "services": _services,
     "smtp": _smtp,
     "window": _int_range(0, 10),
@@ -284,6 +300,7 @@ _KEYS: dict[str, Callable[[Any], Any]] = {
 
 _SERVICE_KEYS = (
     "required_users", "required_groups", "exempt_users", "exempt_groups", "unenrolled", "allow_until", "remember_host",
+    "trusted_networks",
 )
 
 

@@ -217,10 +217,14 @@ def check_sshd(ctx: Context) -> list[Finding]:
     for line in done.stdout.splitlines():
         key, _, value = line.partition(" ")
         settings.setdefault(key.lower(), value.strip())
-    return judge_sshd(settings, config or "sshd_config")
+    trusting = ctx.config is not None and bool(
+        ctx.config.trusted_networks or any(service.trusted_networks for service in ctx.config.services.values())
+    )
+    return judge_sshd(settings, config or "sshd_config", trusting)
 
 
-def judge_sshd(settings: dict[str, str], where: str) -> list[Finding]:
+def judge_sshd(settings: dict[str, str], where: str, trusting: bool = False) -> list[Finding]:
+    """Findings from sshd's effective settings; `trusting`: totpd has trusted_networks."""
     findings: list[Finding] = []
     kbd = settings.get("kbdinteractiveauthentication", settings.get("challengeresponseauthentication", "yes"))
     methods = settings.get("authenticationmethods", "any")
@@ -243,6 +247,9 @@ def judge_sshd(settings: dict[str, str], where: str) -> list[Finding]:
         if without:
             findings.append(error("sshd.method_without_code", f"{where}: AuthenticationMethods {methods}: '{without[0]}' completes a login without keyboard-interactive, so without a code",
                                   "make every list end in keyboard-interactive, e.g. 'publickey,keyboard-interactive'"))
+    if trusting and settings.get("usedns", "no") == "yes":
+        findings.append(warn("sshd.usedns", f"{where}: UseDNS yes: sshd hands PAM the client's host name instead of its address, so trusted_networks (which matches addresses only) never applies",
+                             "set 'UseDNS no' (the default)"))
     if not findings:
         findings.append(ok("sshd.ok", f"{where}: UsePAM, KbdInteractiveAuthentication and AuthenticationMethods ({methods}) make sshd ask"))
     return findings

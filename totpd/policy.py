@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import ipaddress
 import math
 from typing import Callable
 
@@ -32,6 +33,7 @@ class Rules:
     unenrolled: str
     allow_until: datetime.date | None
     remember_host: int
+    trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
 
     @property
     def needs_groups(self) -> bool:
@@ -49,6 +51,7 @@ class Policy:
             config.unenrolled,
             config.allow_until,
             config.remember_host,
+            config.trusted_networks,
         )
         self._by_service = {name: self._merge(override) for name, override in config.services.items()}
 
@@ -61,6 +64,23 @@ class Policy:
 
     def rules(self, service: str) -> Rules:
         return self._by_service.get(service, self._global)
+
+    @staticmethod
+    def trusted(rules: Rules, rhost: str) -> bool:
+        """Is `rhost` an address inside one of the rules' trusted networks?
+
+        Only an address literal counts: a host name is the client's to choose (sshd's
+        UseDNS), and an empty rhost (local sudo, the console) is no network at all.
+        """
+        if not rules.trusted_networks or not rhost:
+            return False
+        try:
+            address = ipaddress.ip_address(rhost)
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped  # ::ffff:192.0.2.7 from a dual-stack socket is 192.0.2.7
+        return any(address in network for network in rules.trusted_networks)
 
     @staticmethod
     def required(rules: Rules, user: str, groups: frozenset[str]) -> bool:
