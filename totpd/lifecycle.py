@@ -256,7 +256,8 @@ class Lifecycle:
 
     # -- bulk import: import_add stages on the connection, import_commit writes all at once --
 
-    async def import_add(self, request: Request, caller: Caller, session: Session) -> Reply:
+    async def import_add(self, request: Request, caller: Caller, session: Session | None) -> Reply:
+        assert session is not None  # Service.handle refuses an import without a connection
         ctx = self.ctx
         if refusal := await ctx.admin_only(request, caller, "import", "import accounts"):
             return refusal
@@ -281,7 +282,8 @@ class Lifecycle:
         session.staged[user] = Staged(user, ctx.sealer.seal(secret, secret_context(user)), params, last_step, hashes)
         return reply("OK", staged=len(session.staged))
 
-    async def import_commit(self, request: Request, caller: Caller, session: Session) -> Reply:
+    async def import_commit(self, request: Request, caller: Caller, session: Session | None) -> Reply:
+        assert session is not None  # Service.handle refuses an import without a connection
         ctx = self.ctx
         if refusal := await ctx.admin_only(request, caller, "import", "import accounts"):
             return refusal

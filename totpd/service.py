@@ -35,7 +35,7 @@ __all__ = ["Caller", "Service", "Session", "internal_error"]
 # PAM module inside sshd or sudo); any other caller's are dropped before use.
 PAM_CONTEXT = ("service", "rhost", "tty")
 
-Handler = Callable[[Request, Caller, Session], Awaitable[Reply]]
+Handler = Callable[[Request, Caller, "Session | None"], Awaitable[Reply]]
 
 
 def internal_error() -> Reply:
@@ -151,7 +151,7 @@ class Service:
             if request.verb.startswith("import_") and session is None:
                 return reply("BAD_REQUEST", "imports need a socket connection")
             request = await self._identify(request, caller)
-            return await self._handlers[request.verb](request, caller, session or Session())
+            return await self._handlers[request.verb](request, caller, session)
         except (ProtocolError, StoreError, SealingError, BusyError) as exc:
             return self._refusal(request, caller, exc)
 
