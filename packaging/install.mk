@@ -118,8 +118,9 @@ uninstall:
 # -- the Debian package -------------------------------------------------------------
 # dpkg-buildpackage wants debian/ at the source root: stage a copy of the tree (files
 # git tracks or would track) with packaging/debian as debian/, build there, and keep
-# the .deb in $(DEB_DIST) (dist/). Needs no network: the build dependencies are
-# Debian packages (packaging/debian/control), and so are the runtime ones.
+# the .deb in $(DEB_DIST) (dist/). Every build dependency is a Debian package
+# (packaging/debian/control): as root, make deb installs those dpkg-checkbuilddeps
+# finds missing, with apt, as make test does for the tests.
 DEB_STAGE ?= build/deb
 DEB_DIST  ?= dist
 
@@ -129,6 +130,12 @@ deb:
 	git ls-files -z --cached --others --exclude-standard \
 	  | tar --null --ignore-failed-read -T - -cf - | tar -xf - -C $(DEB_STAGE)/totpd
 	rm -rf $(DEB_STAGE)/totpd/debian && cp -r packaging/debian $(DEB_STAGE)/totpd/debian
+	@missing=$$(cd $(DEB_STAGE)/totpd && dpkg-checkbuilddeps 2>&1 | sed -n 's/.*[Uu]nmet build dependencies: //p' | sed 's/([^)]*)//g'); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing the build dependencies: $$missing"; \
+	  if [ "$$(id -u)" -ne 0 ]; then echo "run as root (or: sudo make $@) to install: $$missing" >&2; exit 1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
 	# pybuild runs whichever python3.X is first on PATH: make it Debian's, not a pyenv's or venv's.
 	cd $(DEB_STAGE)/totpd && PATH=/usr/sbin:/usr/bin:/sbin:/bin dpkg-buildpackage -b -us -uc
 	mv $(DEB_STAGE)/*.deb $(DEB_STAGE)/*.buildinfo $(DEB_STAGE)/*.changes $(DEB_DIST)/
