@@ -315,10 +315,17 @@ def _clean_base(mirror: str) -> Path:
         return tarball
     started = time.monotonic()
     partial = CLEAN_CACHE / f"{tarball.name}.{os.getpid()}.partial"
-    _run("mmdebstrap", "--quiet", "--variant=apt", "--format=tar", f"--include={','.join(CLEAN_INCLUDE)}",
-         "--skip=cleanup/apt/lists,cleanup/apt/cache",
-         f"--customize-hook=chroot \"$1\" apt-get install --download-only -y -q {' '.join(CLEAN_PREFETCH)}",
-         CLEAN_SUITE, str(partial), mirror, timeout=900, env={**APT_ENV, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+    # mmdebstrap mounts /proc, /sys and device nodes in its temporary root and cleans
+    # up after itself; in a private mount namespace, none outlives it even if killed.
+    try:
+        _run("unshare", "--mount", "--propagation", "private", "--fork", "--kill-child",
+             "mmdebstrap", "--quiet", "--variant=apt", "--format=tar", f"--include={','.join(CLEAN_INCLUDE)}",
+             "--skip=cleanup/apt/lists,cleanup/apt/cache",
+             f"--customize-hook=chroot \"$1\" apt-get install --download-only -y -q {' '.join(CLEAN_PREFETCH)}",
+             CLEAN_SUITE, str(partial), mirror, timeout=900, env={**APT_ENV, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     for old in CLEAN_CACHE.glob(f"{CLEAN_SUITE}-*.tar"):
         old.unlink()
     partial.replace(tarball)
