@@ -14,9 +14,10 @@ PYTEST_ARGS ?=
 # the oldest dependency versions setup.cfg allows, the ones the .deb runs on.
 DEBIAN_VENV ?= .venv-debian
 DVPY         = $(DEBIAN_VENV)/bin/python
-# What runs on them: the daemon, totpctl, D-Bus and logins through real libpam.
+# What runs on them: the daemon, totpctl, D-Bus, logins through real libpam, and the
+# daemon under the unit's sandbox (MemoryDenyWriteExecute with Debian's compiled modules).
 DEBIAN_TESTS ?= tests/test_units.py tests/test_daemon.py tests/test_enrollment_tools.py tests/test_import.py \
-                tests/pam/test_pam_daemon.py tests/dbus
+                tests/pam/test_pam_daemon.py tests/dbus tests/test_systemd.py
 
 APT_PACKAGES = build-essential libpam0g-dev libpam-wrapper python3 python3-venv python3-dev \
                openssh-server openssh-client sudo zbar-tools oathtool util-linux \
