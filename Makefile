@@ -2,21 +2,33 @@
 #
 #   make demo    install what the demo needs, then run a real daemon (SQLite),
 #                enroll an account with its QR code, and log in through real PAM
-#   make test    install what the tests need, then run the whole suite
+#   make test    install what the tests need, then run the whole suite (and part of it
+#                again on Debian's own python3-* packages: make check-debian)
 #   make         build the PAM module
 
 PYTHON      ?= python3
 VENV        ?= .venv
 VPY          = $(VENV)/bin/python
 PYTEST_ARGS ?=
+# Debian's interpreter with Debian's python3-* packages (and this tree on sys.path):
+# the oldest dependency versions setup.cfg allows, the ones the .deb runs on.
+DEBIAN_VENV ?= .venv-debian
+DVPY         = $(DEBIAN_VENV)/bin/python
+# What runs on them: the daemon, totpctl, D-Bus, logins through real libpam, and the
+# daemon under the unit's sandbox (MemoryDenyWriteExecute with Debian's compiled modules).
+DEBIAN_TESTS ?= tests/test_otp.py tests/test_protocol.py tests/test_config.py tests/test_sealing.py tests/test_daemon.py tests/test_enrollment_tools.py tests/test_import.py \
+                tests/pam/test_pam_daemon.py tests/dbus tests/test_systemd.py
 
 APT_PACKAGES = build-essential libpam0g-dev libpam-wrapper python3 python3-venv python3-dev \
                openssh-server openssh-client openssl sudo zbar-tools oathtool util-linux \
                libpam-google-authenticator libpam-oath postgresql systemd \
                dbus dbus-daemon dbus-bin libglib2.0-bin libdbus-1-dev libglib2.0-dev pkg-config \
-               debhelper dpkg-dev python3-pip scdoc man-db groff-base clang libclang-rt-dev
+               debhelper dpkg-dev python3-pip scdoc man-db groff-base clang libclang-rt-dev \
+               dh-python pybuild-plugin-pyproject python3-all python3-setuptools python3-wheel lintian mmdebstrap \
+               python3-pyotp python3-segno python3-argon2 python3-cryptography python3-dbus-fast \
+               python3-psycopg python3-psycopg-pool python3-pytest python3-dbusmock python3-hypothesis
 
-.PHONY: all pam deps deps-apt deps-python demo test check clean bench
+.PHONY: all pam deps deps-apt deps-python demo test check check-debian clean bench
 
 all: pam
 
@@ -38,7 +50,13 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(VPY) -m pip install -q -e '.[test]'
 	touch $@
 
-deps-python: $(VENV)/.installed
+# No pip here: everything comes from Debian; a .pth file puts this tree on sys.path.
+$(DEBIAN_VENV)/.installed:
+	/usr/bin/python3 -m venv --system-site-packages --without-pip $(DEBIAN_VENV)
+	echo '$(CURDIR)' > "$$($(DVPY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/totpd-source.pth"
+	touch $@
+
+deps-python: $(VENV)/.installed $(DEBIAN_VENV)/.installed
 
 deps: deps-apt deps-python
 
@@ -48,9 +66,14 @@ demo: deps pam
 
 test: deps pam
 	$(VPY) -m pytest $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory check-debian
 
 check: pam
 	$(VPY) -m pytest $(PYTEST_ARGS)
+
+check-debian: pam $(DEBIAN_VENV)/.installed
+	$(DVPY) tests/debian_python.py
+	$(DVPY) -m pytest $(DEBIAN_TESTS)
 
 # -- make bench: PAM modules side by side, the daemon alone, scale (docs/performance.md) --
 BENCH_TOOLS = bench/loadgen bench/pamdrive bench/logsink

@@ -6,12 +6,14 @@
 #                                                       and /var/lib/totpd (secrets)
 #   make deb                                            dist/totpd_VERSION_ARCH.deb
 #
-# The Python part goes into a private tree, $(LIBDIR)/site, never into the system
-# Python (Debian marks it externally managed): pip installs totpd and its
+# `make install` puts the Python part into a private tree, $(LIBDIR)/site, never into
+# the system Python (Debian marks it externally managed): pip installs totpd and its
 # dependencies there with the system interpreter, so compiled wheels match it, and
 # two small wrappers in $(BINDIR) run `/usr/bin/python3 -ISB` with that tree first on
 # sys.path. A venv would hard-code its own path and cannot be staged in DESTDIR.
-# docs/operations.md ("Installing") explains the choice.
+# The Debian package instead takes totpd's dependencies from Debian's python3-*
+# packages (packaging/debian/rules: pybuild, then install-files with PY_SITE empty).
+# docs/operations.md ("Installing") explains both.
 
 PREFIX        ?= /usr/local
 BINDIR        ?= $(PREFIX)/bin
@@ -28,11 +30,13 @@ POLKITDIR     ?= /usr/share/polkit-1/actions
 PAMCONFIGDIR  ?= /usr/share/pam-configs
 # The interpreter the wrappers run; the vendored wheels are built for its version.
 SYSTEM_PYTHON ?= /usr/bin/python3
+# The private tree the wrappers put first on sys.path; empty: the system's own
+# site-packages (the Debian package), and the wrappers run python3 -I instead of -ISB.
+PY_SITE       ?= $(LIBDIR)/site
 # Extras vendored into the private tree: postgres = fleet mode (psycopg, libpq inside).
 PY_EXTRAS     ?= postgres
 
 MAN_PAGES := docs/man/totpd.8 docs/man/totpctl.8 docs/man/pam_totpd.8 docs/man/totpd.conf.5
-SITE      := $(LIBDIR)/site
 
 .PHONY: man install install-files install-python uninstall deb
 
@@ -41,21 +45,22 @@ man: $(MAN_PAGES)
 docs/man/%: docs/man/%.scd
 	scdoc < $< > $@.tmp && mv $@.tmp $@
 
-install: install-files
+install: install-python install-files
 	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" -eq 0 ]; then \
 	  $(LIBDIR)/setup-system "$(SYSUSERSDIR)/totpd.conf" "$(SYSCONFDIR)"; \
 	else \
 	  echo "staged: on the target, run $(LIBDIR)/setup-system (user totpd, /var/lib/totpd) as root"; \
 	fi
 
-install-files: pam man install-python
-	install -d -m 0755 $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8 \
+install-files: pam man
+	install -d -m 0755 $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8 \
 	  $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(TMPFILESDIR) \
 	  $(DESTDIR)$(DBUSDIR)/system.d $(DESTDIR)$(DBUSDIR)/system-services $(DESTDIR)$(DBUSDIR)/interfaces \
 	  $(DESTDIR)$(POLKITDIR) $(DESTDIR)$(PAMCONFIGDIR) \
 	  $(DESTDIR)$(DOCDIR)/examples/pam.d $(DESTDIR)$(DOCDIR)/examples/ssh $(DESTDIR)$(DOCDIR)/examples/systemd
 	for tool in totpd:totpd.daemon totpctl:totpd.cli; do \
-	  sed -e 's|@PYTHON@|$(SYSTEM_PYTHON)|' -e 's|@SITE@|$(SITE)|' -e "s|@MODULE@|$${tool#*:}|" \
+	  sed -e 's|@PYTHON@|$(SYSTEM_PYTHON)|' -e "s|@MODULE@|$${tool#*:}|" \
+	    $(if $(PY_SITE),-e 's|@FLAGS@|-ISB|' -e 's|@SITE@|$(PY_SITE)|',-e 's|@FLAGS@|-I|' -e '/@SITE@/d') \
 	    packaging/wrapper.in > $(DESTDIR)$(BINDIR)/$${tool%%:*}.tmp; \
 	  chmod 0755 $(DESTDIR)$(BINDIR)/$${tool%%:*}.tmp; \
 	  mv $(DESTDIR)$(BINDIR)/$${tool%%:*}.tmp $(DESTDIR)$(BINDIR)/$${tool%%:*}; \
@@ -87,13 +92,14 @@ install-files: pam man install-python
 # setuptools builds in ./build: clear it first, or a module deleted from the tree
 # would linger there and be installed again.
 install-python:
-	rm -rf --one-file-system $(DESTDIR)$(SITE) build/lib build/bdist.*
+	@[ -n "$(PY_SITE)" ] || { echo "install-python: PY_SITE is empty; it names the private tree to install into" >&2; exit 1; }
+	rm -rf --one-file-system $(DESTDIR)$(PY_SITE) build/lib build/bdist.*
 	$(SYSTEM_PYTHON) -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
-	  --no-compile --no-warn-script-location --target $(DESTDIR)$(SITE) '.[$(PY_EXTRAS)]'
-	rm -rf --one-file-system $(DESTDIR)$(SITE)/bin
+	  --no-compile --no-warn-script-location --target $(DESTDIR)$(PY_SITE) '.[$(PY_EXTRAS)]'
+	rm -rf --one-file-system $(DESTDIR)$(PY_SITE)/bin
 	# Byte-code checked by hash, not mtime: valid wherever the tree lands, and the
 	# wrappers' -B means nothing ever writes a stray .pyc below $(LIBDIR).
-	$(SYSTEM_PYTHON) -m compileall -q -j 0 --invalidation-mode unchecked-hash -d $(SITE) $(DESTDIR)$(SITE)
+	$(SYSTEM_PYTHON) -m compileall -q -j 0 --invalidation-mode unchecked-hash -d $(PY_SITE) $(DESTDIR)$(PY_SITE)
 
 uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/totpd $(DESTDIR)$(BINDIR)/totpctl
@@ -112,7 +118,9 @@ uninstall:
 # -- the Debian package -------------------------------------------------------------
 # dpkg-buildpackage wants debian/ at the source root: stage a copy of the tree (files
 # git tracks or would track) with packaging/debian as debian/, build there, and keep
-# the .deb in $(DEB_DIST) (dist/). Needs network access to PyPI for the vendored dependencies.
+# the .deb in $(DEB_DIST) (dist/). Every build dependency is a Debian package
+# (packaging/debian/control): as root, make deb installs those dpkg-checkbuilddeps
+# finds missing, with apt, as make test does for the tests.
 DEB_STAGE ?= build/deb
 DEB_DIST  ?= dist
 
@@ -122,6 +130,13 @@ deb:
 	git ls-files -z --cached --others --exclude-standard \
 	  | tar --null --ignore-failed-read -T - -cf - | tar -xf - -C $(DEB_STAGE)/totpd
 	rm -rf $(DEB_STAGE)/totpd/debian && cp -r packaging/debian $(DEB_STAGE)/totpd/debian
-	cd $(DEB_STAGE)/totpd && dpkg-buildpackage -b -us -uc
+	@missing=$$(cd $(DEB_STAGE)/totpd && dpkg-checkbuilddeps 2>&1 | sed -n 's/.*[Uu]nmet build dependencies: //p' | sed 's/([^)]*)//g'); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing the build dependencies: $$missing"; \
+	  if [ "$$(id -u)" -ne 0 ]; then echo "run as root (or: sudo make $@) to install: $$missing" >&2; exit 1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	# pybuild runs whichever python3.X is first on PATH: make it Debian's, not a pyenv's or venv's.
+	cd $(DEB_STAGE)/totpd && PATH=/usr/sbin:/usr/bin:/sbin:/bin dpkg-buildpackage -b -us -uc
 	mv $(DEB_STAGE)/*.deb $(DEB_STAGE)/*.buildinfo $(DEB_STAGE)/*.changes $(DEB_DIST)/
 	@ls $(DEB_DIST)/*.deb

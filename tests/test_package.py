@@ -10,11 +10,19 @@ The installed /usr/bin/totpctl enrolls an account, and real libpam
 Then `apt-get remove` must leave only the configuration and the state, and
 `apt-get purge` nothing at all; /etc/pam.d/common-* never change.
 
+The package must also pass lintian (no error, no warning), and install, work and
+purge on a clean Debian 13 root that mmdebstrap makes from Debian's own packages:
+tests/pkgsmoke.sh runs inside it, where apt pulls the python3-* dependencies from
+Debian 13's archive. The base root (apt, pamtester, the dependencies downloaded but
+not installed) is cached as a tarball under /var/cache/totpd-tests, keyed on what
+goes into it, and rebuilt after a week or when missing; no step is ever skipped.
+
 A finalizer stops the daemon and purges the package even when a step fails. The
 test refuses to run (fails) on a machine that already has totpd installed or a
 /etc/totpd or /var/lib/totpd: purging would destroy someone's enrollments.
-Tools it needs (dpkg-buildpackage, debhelper, scdoc, python3-pip, apt) come from
-the Makefile's APT_PACKAGES; if one is missing the test fails.
+Tools it needs (dpkg-buildpackage, debhelper, dh-python, scdoc, lintian,
+mmdebstrap, apt) come from the Makefile's APT_PACKAGES; if one is missing the test
+fails, as it does when the Debian archive cannot be reached.
 """
 
 from __future__ import annotations
@@ -52,6 +60,17 @@ BOOKKEEPING = re.compile(r"^/(etc/systemd/system/sockets\.target\.wants/totpd\.s
 PAM_FILES = sorted(Path("/etc/pam.d").glob("common-*"))
 APT_ENV = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
 ACCOUNT = "nobody"  # exists everywhere; enrolled only in the package's own store
+
+# The clean root: Debian 13 as mmdebstrap makes it (variant apt) plus pamtester, and
+# adduser and tzdata, which every installed Debian has and apt never autoremoves
+# (priority important and required); the package's other dependencies wait in apt's
+# cache, downloaded but not installed, so installing them downloads nothing.
+CLEAN_SUITE = "trixie"
+CLEAN_INCLUDE = ("pamtester", "adduser", "tzdata")
+CLEAN_PREFETCH = ("python3", "python3-pyotp", "python3-segno", "python3-argon2", "python3-cryptography",
+                  "python3-dbus-fast", "libpam-runtime")
+CLEAN_CACHE = Path("/var/cache/totpd-tests")
+CLEAN_CACHE_MAX_AGE = 7 * 86400
 
 
 def _run(*argv: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
@@ -268,3 +287,81 @@ def test_pam_profile_enabled_by_the_admin_is_removed_with_the_package(deb: Path,
     assert "pam_totpd.so" not in Path("/etc/pam.d/common-auth").read_text()
     assert _digest(PAM_FILES) == before["pam"], "install + enable + purge changed /etc/pam.d/common-*"
     assert not (_totpd_paths() - before["paths"])
+
+
+def test_package_passes_lintian(deb: Path):
+    result = subprocess.run(["lintian", "--fail-on", "error,warning", "--pedantic", str(deb)],
+                            capture_output=True, text=True, timeout=300)
+    tags = [line for line in result.stdout.splitlines() if line[:2] in ("E:", "W:", "P:")]
+    assert result.returncode == 0 and not tags, f"lintian {deb.name}:\n" + "\n".join(tags or [result.stderr])
+
+
+def _debian_mirror() -> str:
+    """The Debian archive this machine's apt installs from, as `apt-cache policy` lists it."""
+    lines = _run("apt-cache", "policy").stdout.splitlines()
+    for source, release in zip(lines, lines[1:]):
+        if "o=Debian," in release and "l=Debian," in release:
+            return source.split()[1]
+    raise AssertionError("apt-cache policy lists no Debian archive (l=Debian) to build the clean root from")
+
+
+def _clean_base(mirror: str) -> Path:
+    """The cached tarball of the clean root: made with mmdebstrap when missing or stale."""
+    version = _run("mmdebstrap", "--version").stdout.strip()
+    key = hashlib.sha256(json.dumps([CLEAN_SUITE, mirror, CLEAN_INCLUDE, CLEAN_PREFETCH, version]).encode()).hexdigest()
+    CLEAN_CACHE.mkdir(parents=True, exist_ok=True)
+    tarball = CLEAN_CACHE / f"{CLEAN_SUITE}-{key[:16]}.tar"
+    if tarball.exists() and time.time() - tarball.stat().st_mtime < CLEAN_CACHE_MAX_AGE:
+        return tarball
+    started = time.monotonic()
+    partial = CLEAN_CACHE / f"{tarball.name}.{os.getpid()}.partial"
+    # mmdebstrap mounts /proc, /sys and device nodes in its temporary root and cleans
+    # up after itself; in a private mount namespace, none outlives it even if killed.
+    try:
+        _run("unshare", "--mount", "--propagation", "private", "--fork", "--kill-child",
+             "mmdebstrap", "--quiet", "--variant=apt", "--format=tar", f"--include={','.join(CLEAN_INCLUDE)}",
+             "--skip=cleanup/apt/lists,cleanup/apt/cache",
+             f"--customize-hook=chroot \"$1\" apt-get install --download-only -y -q {' '.join(CLEAN_PREFETCH)}",
+             CLEAN_SUITE, str(partial), mirror, timeout=900, env={**APT_ENV, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    for old in CLEAN_CACHE.glob(f"{CLEAN_SUITE}-*.tar"):
+        old.unlink()
+    partial.replace(tarball)
+    print(f"mmdebstrap {CLEAN_SUITE}: {time.monotonic() - started:.1f} s, {tarball.stat().st_size >> 20} MiB")
+    return tarball
+
+
+def _mounts_below(path: Path) -> list[str]:
+    prefix = str(path) + "/"
+    with open("/proc/self/mountinfo") as mountinfo:
+        return [line.split()[4] for line in mountinfo if line.split()[4].startswith(prefix)]
+
+
+def test_package_installs_logs_in_and_purges_on_a_clean_debian_13(deb: Path):
+    started = time.monotonic()
+    base = _clean_base(_debian_mirror())
+    work = Path(tempfile.mkdtemp(prefix="totpd-cleanroot-", dir="/var/tmp"))
+    root = work / "root"
+    try:
+        root.mkdir()
+        _run("tar", "-C", str(root), "-xf", str(base))
+        shutil.copy(deb, root / "tmp" / deb.name)
+        shutil.copy(REPO / "tests" / "pkgsmoke.sh", root / "tmp" / "pkgsmoke.sh")
+        shutil.copy("/etc/resolv.conf", root / "etc" / "resolv.conf")  # if apt must fetch a dependency after all
+        ready = time.monotonic()
+        # /proc exists only in the private namespaces, which end with the script: nothing
+        # stays mounted below the work dir, and nothing of the host's /dev is ever in it.
+        smoke = subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child",
+             f"--mount-proc={root / 'proc'}", "chroot", str(root), "/bin/sh", "/tmp/pkgsmoke.sh", f"/tmp/{deb.name}"],
+            capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "HOME": "/root"})
+        print(smoke.stdout)
+        assert smoke.returncode == 0, f"pkgsmoke.sh in {CLEAN_SUITE} exited {smoke.returncode}:\n{smoke.stdout[-4000:]}\n{smoke.stderr[-4000:]}"
+        print(f"clean {CLEAN_SUITE} root: {ready - started:.1f} s to prepare, {time.monotonic() - ready:.1f} s inside")
+    finally:
+        mounted = _mounts_below(work)
+        assert not mounted, f"still mounted below {work}: {mounted} (left in place, not deleted)"
+        subprocess.run(["rm", "-rf", "--one-file-system", str(work)], check=False)

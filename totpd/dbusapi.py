@@ -27,7 +27,12 @@ from typing import Any, Awaitable, Callable
 
 from dbus_fast import BusType, DBusError, ErrorType, Message, MessageFlag, MessageType, NameFlag, RequestNameReply, Variant
 from dbus_fast.aio import MessageBus
-from dbus_fast.service import PropertyAccess, ServiceInterface, dbus_method, dbus_property, dbus_signal
+from dbus_fast.service import PropertyAccess, ServiceInterface, dbus_property
+
+try:
+    from dbus_fast.service import dbus_method, dbus_signal
+except ImportError:  # older dbus-fast (Debian 12: 1.84, Debian 13: 2.44) names them method and signal
+    from dbus_fast.service import method as dbus_method, signal as dbus_signal
 
 from . import __version__, identity
 from .config import Config

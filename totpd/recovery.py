@@ -10,7 +10,12 @@ only once the throttle has admitted the attempt.
 from __future__ import annotations
 
 from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError
+from argon2.exceptions import VerificationError
+
+try:
+    from argon2.exceptions import InvalidHashError
+except ImportError:  # argon2-cffi before 23.1 (Debian 12 and 13: 21.1) names it InvalidHash
+    from argon2.exceptions import InvalidHash as InvalidHashError
 
 from .otp import new_recovery_code, normalize_recovery_code
 
