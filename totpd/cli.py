@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import getpass
-import io
 import json
 import os
 import pwd
@@ -117,20 +116,16 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     uri, secret = reply.fields["uri"], reply.fields["secret"]
     if not args.json or args.qr_png or args.qr_svg:
         # Only drawing needs segno: every other path runs on the standard library alone.
-        import segno
-
-        qr = segno.make(uri, error="m")
+        from . import qr
     if args.qr_png:
-        _write_private(args.qr_png, lambda handle: qr.save(handle, kind="png", scale=8, border=4))
+        _write_private(args.qr_png, lambda handle: handle.write(qr.png(uri)))
     if args.qr_svg:
-        _write_private(args.qr_svg, lambda handle: qr.save(handle, kind="svg", scale=8, border=4))
+        _write_private(args.qr_svg, lambda handle: handle.write(qr.svg(uri)))
     out = sys.stderr if args.json else sys.stdout
     if not args.json:
         print("Scan this QR code with an authenticator app")
         print("(Google Authenticator, FreeOTP, Aegis, 1Password, Authy, ...):\n")
-        buffer = io.StringIO()
-        qr.terminal(out=buffer, compact=True, border=2)
-        print(buffer.getvalue())
+        print("\n".join(qr.ascii_lines(uri) if args.qr_ascii else qr.terminal_lines(uri)), end="\n\n")
         print(f"Or add it by hand: account {user}, time-based key:\n  {_grouped(secret)}")
         print(f"URI: {uri}\n")
     codes = reply.fields.get("recovery_codes", "")
@@ -374,6 +369,11 @@ def build_parser() -> argparse.ArgumentParser:
     enroll.add_argument("--period", type=int, default=30, help="seconds per code (default 30)")
     enroll.add_argument("--qr-png", metavar="FILE", help="also write the QR code as PNG (mode 0600)")
     enroll.add_argument("--qr-svg", metavar="FILE", help="also write the QR code as SVG (mode 0600)")
+    enroll.add_argument(
+        "--qr-ascii", action="store_true",
+        help="draw the QR code with '#' characters, no colours, for terminals without colour: it scans only where text "
+        "is dark on a light background (by default it is drawn black on white in colours, whatever the terminal's theme)",
+    )
     enroll.add_argument("--no-confirm", action="store_true", help="activate at once, without a first code (provisioning)")
     enroll.add_argument("--force", action="store_true", help="replace an existing enrollment")
     enroll.add_argument("--secret-file", metavar="PATH", help="provision this base32 secret (- for stdin) instead of a new one")
