@@ -1,7 +1,8 @@
 """totpctl: enroll and manage accounts by talking to the daemon (never to the store).
 
 Exit status: 0 done; 1 the daemon said no (wrong code, not enrolled, forbidden, ...);
-2 bad usage or input; 3 the daemon could not be reached or answered garbage.
+2 bad usage or input; 3 the daemon could not be reached or answered garbage;
+130 interrupted (Control-C). Every error is one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .errors import ClientError
 from .protocol import MAX_LIST_LIMIT, Reply
 
 EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
+EXIT_INTERRUPTED = 130  # Control-C, as a shell reports it (128 + SIGINT)
 
 
 class Refused(Exception):
@@ -447,6 +449,8 @@ def main(argv: list[str] | None = None) -> int:
         _fail(str(exc), EXIT_UNREACHABLE)
     except BrokenPipeError:
         return EXIT_REFUSED
+    except KeyboardInterrupt:
+        _fail("interrupted", EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

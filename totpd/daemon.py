@@ -42,7 +42,7 @@ from .protocol import (
 )
 from .sealing import Sealer, load_credential, load_key
 from .service import Caller, Service, Session, internal_error, key_check
-from .store import StoreOptions, is_postgres, open_store
+from .store import BackendMissing, StoreOptions, check_backend, is_postgres, open_store
 
 log = logging.getLogger("totpd")
 
@@ -94,7 +94,12 @@ def systemd_socket() -> socket.socket | None:
 
 def bind_socket(config: Config) -> socket.socket:
     path = config.socket
-    os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o755, exist_ok=True)
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+    except OSError as exc:
+        why = "it exists and is not a directory" if isinstance(exc, FileExistsError) else exc.strerror
+        raise TotpdError(f"{path}: cannot create the socket's directory {directory}: {why}") from None
     with contextlib.suppress(FileNotFoundError):
         info = os.lstat(path)
         if not stat.S_ISSOCK(info.st_mode):
@@ -114,7 +119,8 @@ def bind_socket(config: Config) -> socket.socket:
         sock.bind(path)
     except OSError as exc:
         sock.close()
-        raise TotpdError(f"{path}: cannot bind the socket: {exc.strerror}") from None
+        # A path too long for sockaddr_un (108 bytes) is an OSError without an errno.
+        raise TotpdError(f"{path}: cannot bind the socket: {exc.strerror or exc}") from None
     finally:
         os.umask(old_umask)
     if config.socket_group:
@@ -123,7 +129,14 @@ def bind_socket(config: Config) -> socket.socket:
         except KeyError:
             sock.close()
             raise TotpdError(f"{config.path}: key 'socket_group' names no group '{config.socket_group}'") from None
-        os.chown(path, -1, gid)
+        try:
+            os.chown(path, -1, gid)
+        except OSError as exc:
+            sock.close()
+            raise TotpdError(
+                f"{config.path}: key 'socket_group': cannot give {path} to group '{config.socket_group}': {exc.strerror}"
+                " (the daemon's user must be a member of it)"
+            ) from None
     os.chmod(path, config.socket_mode)
     sock.listen(512)
     return sock
@@ -513,6 +526,8 @@ def master_key(config: Config) -> bytes:
     credential = config_module.environment_credential_path()
     if credential:
         return load_credential(credential)
+    if not is_postgres(config.database) and os.path.isdir(config.database):
+        raise TotpdError(f"{config.path}: key 'database' names a directory, {config.database}; name a file in it")
     # A new key only for a new SQLite database: one made for a database that already
     # holds sealed secrets could never open them, and would hide the real fault.
     existing = not is_postgres(config.database) and os.path.exists(config.database) and os.path.getsize(config.database) > 0
@@ -547,26 +562,33 @@ def raise_descriptor_limit(config: Config) -> None:
 def run(config: Config) -> None:
     os.umask(0o077)
     raise_descriptor_limit(config)
+    try:
+        check_backend(config.database)
+    except BackendMissing as exc:
+        raise TotpdError(f"{config.path}: {exc}") from None
     sealer = Sealer(master_key(config))
     store = open_store(config.database, key_check(sealer), store_options(config))
     notifier = None
     audit = Audit(config.audit)
+    serving = False  # a start-up that fails says one line, the error, and nothing else
     try:
         service = Service(config, store, sealer, audit)
         if config.smtp is not None:
             notifier = Notifier(config.smtp)
             service.listeners.append(notifier)
-        if clock.synchronized() is False:
-            log.warning("this host's clock is not synchronized: TOTP codes may be refused; start an NTP client")
         handed_over = systemd_socket()
         sock = handed_over or bind_socket(config)
+        if clock.synchronized() is False:
+            log.warning("this host's clock is not synchronized: TOTP codes may be refused; start an NTP client")
+        serving = True
         asyncio.run(Daemon(config, service).serve(sock, owns_path=handed_over is None))
     finally:
         audit.flush()
         if notifier is not None:
             notifier.close()
         store.close()
-        log.info("stopped")
+        if serving:
+            log.info("stopped")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,9 @@ from typing import Callable
 from .errors import StoreError
 from .sealing import Sealer
 from .service import key_check, secret_context  # the one definition of the sealing context
-from .store import Account, Store, StoreAbsent, StoreOptions, Transaction, is_postgres, open_store
+from .store import (
+    Account, BackendMissing, Store, StoreAbsent, StoreOptions, Transaction, check_backend, is_postgres, open_store,
+)
 
 PAGE = 1000
 
@@ -207,6 +209,10 @@ def run_cli(args) -> int:  # type: ignore[no-untyped-def]
         return fail(f"'{postgres}' is not a PostgreSQL connection string (postgresql://... or host=... dbname=...)", 2)
     sqlite = args.database or (config.database if not is_postgres(config.database) else config_module.Config.database)
     source, target = (sqlite, postgres) if args.to else (postgres, sqlite)
+    try:
+        check_backend(postgres)
+    except BackendMissing as exc:
+        return fail(str(exc), 2)
     try:
         credential = config_module.environment_credential_path()
         if args.key_file:

@@ -169,6 +169,10 @@ class StoreAbsent(StoreError):
     """Opened with create=False and there is no totpd store there yet."""
 
 
+class BackendMissing(StoreError):
+    """The database is PostgreSQL, and psycopg or psycopg_pool cannot be imported."""
+
+
 _LIBPQ_KEYWORD = re.compile(r"^\s*(host|hostaddr|port|dbname|user|service|sslmode|options|application_name)\s*=")
 
 
@@ -193,9 +197,29 @@ def open_store(
     psycopg is imported only here and only for PostgreSQL: SQLite installs need none.
     """
     if is_postgres(database):
-        from .postgres import PostgresStore
-
-        return PostgresStore(database, key_check, options or StoreOptions(), create=create)
+        return _postgres_store()(database, key_check, options or StoreOptions(), create=create)
     from .sqlite import SQLiteStore
 
     return SQLiteStore(database, key_check, create=create, prefill_wal=(options or StoreOptions()).prefill_wal)
+
+
+def check_backend(database: str) -> None:
+    """Raise BackendMissing now if `database` needs a driver that is not installed, before
+    anything is created for it (a master key above all)."""
+    if is_postgres(database):
+        _postgres_store()
+
+
+def _postgres_store() -> type[Store]:
+    try:
+        from .postgres import PostgresStore
+    except ImportError as exc:
+        # A module of psycopg's missing, or psycopg itself refusing (no libpq): never
+        # an unrelated ImportError, which is a bug and keeps its traceback.
+        if exc.name and not exc.name.startswith("psycopg"):
+            raise
+        raise BackendMissing(
+            f"database is PostgreSQL, which needs psycopg and psycopg_pool ({exc}):"
+            " apt install python3-psycopg python3-psycopg-pool"
+        ) from None
+    return PostgresStore
