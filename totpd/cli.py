@@ -373,8 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     enroll.add_argument("--qr-svg", metavar="FILE", help="also write the QR code as SVG (mode 0600)")
     enroll.add_argument(
         "--qr-ascii", action="store_true",
-        help="draw the QR code with '#' characters, no colours, for terminals without colour: it scans only where text "
-        "is dark on a light background (by default it is drawn black on white in colours, whatever the terminal's theme)",
+        help="draw the QR code in plain ASCII ('##' a dark module; about 100 columns) for terminals without colour: it "
+        "scans only where text is dark on a light background. By default it is drawn black on white in its own colours, "
+        "whatever the terminal's theme",
     )
     enroll.add_argument("--no-confirm", action="store_true", help="activate at once, without a first code (provisioning)")
     enroll.add_argument("--force", action="store_true", help="replace an existing enrollment")
