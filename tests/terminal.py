@@ -105,7 +105,8 @@ def _rgb(colour: int | RGB, theme: Theme) -> RGB:
     return theme.colour(colour) if isinstance(colour, int) else colour
 
 
-def _sgr(params: str, foreground, background, reverse):
+def _sgr(params: str, foreground, background, reverse):  # type: ignore[no-untyped-def]
+    """The colours and reverse-video state after one SGR escape (ESC [ params m)."""
     codes = [int(p) if p else 0 for p in params.split(";")]
     i = 0
     while i < len(codes):
