@@ -46,6 +46,12 @@ class Setup:
     top: Path  # a temp dir for this fault
     make_daemon: Callable[..., DaemonProcess]
     servers: list[socket.socket]  # fake daemons, closed after the test
+    daemons: list[DaemonProcess] = dataclasses.field(default_factory=list)
+
+    def daemon(self, **settings: object) -> DaemonProcess:
+        """A real daemon, started (and stopped after the test by make_daemon)."""
+        self.daemons.append(self.make_daemon(**settings))
+        return self.daemons[-1]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,13 +99,17 @@ def _with_key(setup: Setup, content: bytes | None = None, mode: int = 0o600) -> 
     return path
 
 
-def _psycopg_missing(setup: Setup) -> Run:
-    stub = setup.top / "stub" / "psycopg"
+def _without(module: str, run: Run, setup: Setup) -> Run:
+    """`run` with an interpreter where importing `module` fails as it does when it is not installed."""
+    stub = setup.top / "stub" / module
     stub.mkdir(parents=True)
-    (stub / "__init__.py").write_text('raise ModuleNotFoundError("No module named \'psycopg\'", name="psycopg")\n')
-    run = _daemon(setup, database="postgresql://totpd@127.0.0.1:5432/totpd")
+    (stub / "__init__.py").write_text(f'raise ModuleNotFoundError("No module named {module!r}", name={module!r})\n')
     run.env["PYTHONPATH"] = f"{stub.parent}{os.pathsep}{run.env['PYTHONPATH']}"
     return run
+
+
+def _psycopg_missing(setup: Setup) -> Run:
+    return _without("psycopg", _daemon(setup, database="postgresql://totpd@127.0.0.1:5432/totpd"), setup)
 
 
 def _no_key_was_made(setup: Setup) -> None:
@@ -231,17 +241,21 @@ def _stale_socket(setup: Setup) -> Run:
 
 
 def _socket_refused_to_nobody(setup: Setup) -> Run:
-    daemon = setup.make_daemon(socket_mode="0600")
+    daemon = setup.daemon(socket_mode="0600")
     # Run as nobody: the system Python on a world-readable copy of the package.
     return Run([SYSTEM_PYTHON, "-m", "totpd.cli", "--socket", daemon.socket_path, "status", "root"],
                env={**daemon.env, "PYTHONPATH": daemon._public_package()}, user=NOBODY)
 
 
 def _migrate_without_psycopg(setup: Setup) -> Run:
-    run = _psycopg_missing(setup)
-    run.command = [sys.executable, "-m", "totpd.cli", "migrate", "--to", "postgresql://totpd@127.0.0.1/totpd",
-                   "--database", str(setup.top / "totpd.db"), "--key-file", str(setup.top / "master.key")]
-    return run
+    run = _ctl(setup.top / "t.sock", "migrate", "--to", "postgresql://totpd@127.0.0.1/totpd",
+               "--database", str(setup.top / "totpd.db"), "--key-file", str(setup.top / "master.key"))
+    return _without("psycopg", run, setup)
+
+
+def _not_enrolled(setup: Setup) -> None:
+    status = setup.daemons[0].ctl("status", "alice", "--json")
+    assert status.returncode == 1 and "not enrolled" in status.stderr, "the enrollment went ahead without its QR code"
 
 
 CTL_FAULTS = [
@@ -254,14 +268,16 @@ CTL_FAULTS = [
           ("t.sock", "closed the connection")),
     Fault("daemon answers garbage", lambda s: _ctl(_listen(s, s.top / "t.sock", lambda c: c.sendall(b"HTTP/1.1 400\r\n\r\n")), "list"),
           3, ("t.sock", "malformed reply")),
-    Fault("account not enrolled", lambda s: _ctl(s.make_daemon().socket_path, "reset", "alice"), 1, ("reset alice",)),
+    Fault("account not enrolled", lambda s: _ctl(s.daemon().socket_path, "reset", "alice"), 1, ("reset alice",)),
     Fault("secret file unreadable", lambda s: _ctl(s.top / "t.sock", "enroll", "alice", "--secret-file", str(s.top / "none")),
           2, ("none", "cannot read the secret")),
     Fault("QR file in a missing directory",
-          lambda s: _ctl(s.make_daemon().socket_path, "enroll", "alice", "--no-confirm", "--json", "--qr-png", str(s.top / "no" / "qr.png")),
+          lambda s: _ctl(s.daemon().socket_path, "enroll", "alice", "--no-confirm", "--json", "--qr-png", str(s.top / "no" / "qr.png")),
           2, ("no/qr.png", "cannot write")),
     Fault("migrate to PostgreSQL without psycopg", _migrate_without_psycopg, 2,
           ("database is PostgreSQL", "apt install python3-psycopg")),
+    Fault("enroll without segno", lambda s: _without("segno", _ctl(s.daemon().socket_path, "enroll", "alice"), s), 2,
+          ("needs segno", "apt install python3-segno"), _not_enrolled),
     Fault("interrupted (Control-C)",
           lambda s: dataclasses.replace(_ctl(s.top / "t.sock", "enroll", "alice", "--secret-file", "-"), interrupt=True),
           130, ("interrupted",)),

@@ -98,6 +98,17 @@ def _write_private(path: str, writer: Any) -> None:
         writer(handle)
 
 
+def _qr_drawing() -> Any:
+    """totpd.qr. Only drawing needs segno: every other path runs on the standard library alone."""
+    try:
+        from . import qr
+    except ImportError as exc:
+        if exc.name and not exc.name.startswith("segno"):
+            raise
+        _fail(f"drawing the QR code needs segno ({exc}): apt install python3-segno, or use --json", EXIT_USAGE)
+    return qr
+
+
 # -- commands ------------------------------------------------------------------------
 
 
@@ -114,11 +125,9 @@ def cmd_enroll(args: argparse.Namespace) -> int:
             fields["proof"] = _ask("Current code or a recovery code for the enrollment being replaced: ")
     if args.no_confirm:
         fields["activate"] = 1
+    qr = _qr_drawing() if not args.json or args.qr_png or args.qr_svg else None  # before anything is enrolled
     reply = _call(args, "enroll", **fields)
     uri, secret = reply.fields["uri"], reply.fields["secret"]
-    if not args.json or args.qr_png or args.qr_svg:
-        # Only drawing needs segno: every other path runs on the standard library alone.
-        from . import qr
     if args.qr_png:
         _write_private(args.qr_png, lambda handle: handle.write(qr.png(uri)))
     if args.qr_svg:
