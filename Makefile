@@ -19,7 +19,12 @@ DVPY         = $(DEBIAN_VENV)/bin/python
 DEBIAN_TESTS ?= tests/test_otp.py tests/test_protocol.py tests/test_config.py tests/test_sealing.py tests/test_daemon.py tests/test_enrollment_tools.py tests/test_import.py \
                 tests/pam/test_pam_daemon.py tests/dbus tests/test_systemd.py
 
-APT_PACKAGES = build-essential libpam0g-dev libpam-wrapper python3 python3-venv python3-dev \
+# What `make demo` runs (tests/demo.py): the PAM module's build, a venv with totpd's own
+# dependencies (pip takes them from PyPI as wheels), a daemon on SQLite, libpam.
+DEMO_APT_PACKAGES = build-essential libpam0g-dev python3 python3-venv
+# What `make test` runs besides: sshd, sudo and pam_wrapper logins, zbarimg and oathtool
+# against enrollment, the PAM peers, PostgreSQL, systemd, D-Bus, packaging and man pages.
+TEST_APT_PACKAGES = $(DEMO_APT_PACKAGES) libpam-wrapper python3-dev \
                openssh-server openssh-client openssl sudo zbar-tools oathtool util-linux \
                libpam-google-authenticator libpam-oath postgresql systemd \
                dbus dbus-daemon dbus-bin libglib2.0-bin libdbus-1-dev libglib2.0-dev pkg-config \
@@ -28,25 +33,36 @@ APT_PACKAGES = build-essential libpam0g-dev libpam-wrapper python3 python3-venv 
                python3-pyotp python3-segno python3-argon2 python3-cryptography python3-dbus-fast \
                python3-psycopg python3-psycopg-pool python3-pytest python3-dbusmock python3-hypothesis
 
-.PHONY: all pam deps deps-apt deps-python demo test check check-debian clean bench
+.PHONY: all pam deps deps-apt deps-python deps-demo deps-apt-demo deps-python-demo demo test check check-debian clean bench
 
 all: pam
 
 pam:
 	$(MAKE) -C pam
 
-# -- dependencies ----------------------------------------------------------------
-deps-apt:
-	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+# -- dependencies: deps-demo for `make demo`, deps (a superset) for `make test` -------
+# $(call apt-install,PACKAGES): install those of PACKAGES that are missing (as root).
+apt-install = @missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing: $$missing"; \
 	  if [ "$$(id -u)" -ne 0 ]; then echo "run as root (or: sudo make $@) to install: $$missing" >&2; exit 1; fi; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-$(VENV)/.installed: setup.cfg pyproject.toml
+deps-apt-demo:
+	$(call apt-install,$(DEMO_APT_PACKAGES))
+
+deps-apt:
+	$(call apt-install,$(TEST_APT_PACKAGES))
+
+# totpd and its dependencies (all the demo needs), then the test extras on top.
+$(VENV)/.installed-demo: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.installed-demo
 	$(VPY) -m pip install -q -e '.[test]'
 	touch $@
 
@@ -56,12 +72,16 @@ $(DEBIAN_VENV)/.installed:
 	echo '$(CURDIR)' > "$$($(DVPY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/totpd-source.pth"
 	touch $@
 
+deps-python-demo: $(VENV)/.installed-demo
+
 deps-python: $(VENV)/.installed $(DEBIAN_VENV)/.installed
+
+deps-demo: deps-apt-demo deps-python-demo
 
 deps: deps-apt deps-python
 
 # -- the two commands of README.md ------------------------------------------------
-demo: deps pam
+demo: deps-demo pam
 	$(VPY) tests/demo.py
 
 test: deps pam

@@ -5,7 +5,7 @@ warning from man or groff, and stay in step with the code: every configuration
 key in totpd.conf(5), every totpctl subcommand in totpctl(8). The install is
 staged (DESTDIR, PREFIX) and run from the staged tree with the system Python,
 exactly as the installed wrappers would; uninstall must leave only the admin's
-configuration. scdoc, man-db, groff and python3-pip come from APT_PACKAGES: if one
+configuration. scdoc, man-db, groff and python3-pip come from TEST_APT_PACKAGES: if one
 is missing these tests fail.
 """
 

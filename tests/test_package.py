@@ -21,7 +21,7 @@ A finalizer stops the daemon and purges the package even when a step fails. The
 test refuses to run (fails) on a machine that already has totpd installed or a
 /etc/totpd or /var/lib/totpd: purging would destroy someone's enrollments.
 Tools it needs (dpkg-buildpackage, debhelper, dh-python, scdoc, lintian,
-mmdebstrap, apt) come from the Makefile's APT_PACKAGES; if one is missing the test
+mmdebstrap, apt) come from the Makefile's TEST_APT_PACKAGES; if one is missing the test
 fails, as it does when the Debian archive cannot be reached.
 """
 

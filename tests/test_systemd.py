@@ -5,7 +5,7 @@ The units are checked with systemd's own tools (`systemd-analyze verify` and
 `systemd-socket-activate`, which hands it the listening socket (LISTEN_FDS,
 LISTEN_PID) and the environment we choose (NOTIFY_SOCKET, WATCHDOG_USEC), while the
 test plays the service manager's end of NOTIFY_SOCKET. These tools come with the
-`systemd` package (Makefile APT_PACKAGES): if they are missing, the tests fail.
+`systemd` package (Makefile TEST_APT_PACKAGES): if they are missing, the tests fail.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ PR_SET_MDWE, PR_GET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 65, 66, 1
 
 def tool(name: str) -> str:
     path = shutil.which(name)
-    assert path, f"{name} is missing: apt-get install systemd (it is in the Makefile's APT_PACKAGES)"
+    assert path, f"{name} is missing: apt-get install systemd (it is in the Makefile's TEST_APT_PACKAGES)"
     return path
 
 

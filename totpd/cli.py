@@ -1,7 +1,8 @@
 """totpctl: enroll and manage accounts by talking to the daemon (never to the store).
 
 Exit status: 0 done; 1 the daemon said no (wrong code, not enrolled, forbidden, ...);
-2 bad usage or input; 3 the daemon could not be reached or answered garbage.
+2 bad usage or input; 3 the daemon could not be reached or answered garbage;
+130 interrupted (Control-C). Every error is one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import getpass
-import io
 import json
 import os
 import pwd
@@ -22,6 +22,7 @@ from .errors import ClientError, Refused
 from .protocol import MAX_LIST_LIMIT, Reply
 
 EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
+EXIT_INTERRUPTED = 130  # Control-C, as a shell reports it (128 + SIGINT)
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -91,6 +92,17 @@ def _write_private(path: str, writer: Any) -> None:
         writer(handle)
 
 
+def _qr_drawing() -> Any:
+    """totpd.qr. Only drawing needs segno: every other path runs on the standard library alone."""
+    try:
+        from . import qr
+    except ImportError as exc:
+        if exc.name and not exc.name.startswith("segno"):
+            raise
+        _fail(f"drawing the QR code needs segno ({exc}): apt install python3-segno, or use --json", EXIT_USAGE)
+    return qr
+
+
 # -- commands ------------------------------------------------------------------------
 
 
@@ -107,24 +119,18 @@ def cmd_enroll(args: argparse.Namespace) -> int:
             fields["proof"] = _ask("Current code or a recovery code for the enrollment being replaced: ")
     if args.no_confirm:
         fields["activate"] = 1
+    qr = _qr_drawing() if not args.json or args.qr_png or args.qr_svg else None  # before anything is enrolled
     reply = _call(args, "enroll", **fields)
     uri, secret = reply.fields["uri"], reply.fields["secret"]
-    if not args.json or args.qr_png or args.qr_svg:
-        # Only drawing needs segno: every other path runs on the standard library alone.
-        import segno
-
-        qr = segno.make(uri, error="m")
     if args.qr_png:
-        _write_private(args.qr_png, lambda handle: qr.save(handle, kind="png", scale=8, border=4))
+        _write_private(args.qr_png, lambda handle: handle.write(qr.png(uri)))
     if args.qr_svg:
-        _write_private(args.qr_svg, lambda handle: qr.save(handle, kind="svg", scale=8, border=4))
+        _write_private(args.qr_svg, lambda handle: handle.write(qr.svg(uri)))
     out = sys.stderr if args.json else sys.stdout
     if not args.json:
         print("Scan this QR code with an authenticator app")
         print("(Google Authenticator, FreeOTP, Aegis, 1Password, Authy, ...):\n")
-        buffer = io.StringIO()
-        qr.terminal(out=buffer, compact=True, border=2)
-        print(buffer.getvalue())
+        print("\n".join(qr.ascii_lines(uri) if args.qr_ascii else qr.terminal_lines(uri)), end="\n\n")
         print(f"Or add it by hand: account {user}, time-based key:\n  {_grouped(secret)}")
         print(f"URI: {uri}\n")
     codes = reply.fields.get("recovery_codes", "")
@@ -368,6 +374,12 @@ def build_parser() -> argparse.ArgumentParser:
     enroll.add_argument("--period", type=int, default=30, help="seconds per code (default 30)")
     enroll.add_argument("--qr-png", metavar="FILE", help="also write the QR code as PNG (mode 0600)")
     enroll.add_argument("--qr-svg", metavar="FILE", help="also write the QR code as SVG (mode 0600)")
+    enroll.add_argument(
+        "--qr-ascii", action="store_true",
+        help="draw the QR code in plain ASCII ('##' a dark module; about 100 columns) for terminals without colour: it "
+        "scans only where text is dark on a light background. By default it is drawn black on white in its own colours, "
+        "whatever the terminal's theme",
+    )
     enroll.add_argument("--no-confirm", action="store_true", help="activate at once, without a first code (provisioning)")
     enroll.add_argument("--force", action="store_true", help="replace an existing enrollment")
     enroll.add_argument("--secret-file", metavar="PATH", help="provision this base32 secret (- for stdin) instead of a new one")
@@ -447,6 +459,8 @@ def main(argv: list[str] | None = None) -> int:
         _fail(str(exc), EXIT_UNREACHABLE)
     except BrokenPipeError:
         return EXIT_REFUSED
+    except KeyboardInterrupt:
+        _fail("interrupted", EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

@@ -58,6 +58,9 @@ class Client:
         except PermissionError:
             self._sock.close()
             raise ClientError(f"{path}: permission denied; run as root or ask for access to the socket") from None
+        except ConnectionRefusedError:
+            self._sock.close()
+            raise ClientError(_refused(path)) from None
         except OSError as exc:
             self._sock.close()
             raise ClientError(f"{path}: cannot reach the daemon: {exc.strerror or exc}") from None
@@ -116,6 +119,17 @@ class Client:
                 raise ClientError(f"{self.path}: the daemon closed the connection")
             chunks += chunk
         return bytes(chunks)
+
+
+def _refused(path: str) -> str:
+    """Why a connect was refused: a file that is no socket, or a socket nobody listens on."""
+    try:
+        is_socket = stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        is_socket = True  # gone meanwhile: say what a refused socket means
+    if not is_socket:
+        return f"{path}: not a socket; --socket (or TOTPD_SOCKET) must name the daemon's socket"
+    return f"{path}: no daemon is listening on this socket; is totpd running? (systemctl start totpd.socket)"
 
 
 def call(path: str, verb: str, **fields: object) -> Reply:

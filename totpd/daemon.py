@@ -22,13 +22,13 @@ import sys
 from . import __version__, clock, config as config_module
 from .audit import Audit
 from .config import Config
-from .errors import TotpdError
+from .errors import BackendMissing, TotpdError
 from .files import directory_problem, parent
 from .notify import Notifier
 from .sealing import Sealer, key_check, load_credential, load_key
 from .server import Daemon
 from .service import Service
-from .store import StoreOptions, is_postgres, open_store
+from .store import StoreOptions, check_backend, is_postgres, open_store
 from .systemd import systemd_socket
 
 log = logging.getLogger("totpd")
@@ -38,8 +38,13 @@ PR_SET_DUMPABLE = 4  # <linux/prctl.h>
 
 def bind_socket(config: Config) -> socket.socket:
     path = config.socket
-    os.makedirs(parent(path), mode=0o755, exist_ok=True)
-    if problem := directory_problem(parent(path), "the socket"):
+    directory = parent(path)
+    try:
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+    except OSError as exc:
+        why = "it exists and is not a directory" if isinstance(exc, FileExistsError) else exc.strerror
+        raise TotpdError(f"{path}: cannot create the socket's directory {directory}: {why}") from None
+    if problem := directory_problem(directory, "the socket"):
         raise TotpdError(problem)
     with contextlib.suppress(FileNotFoundError):
         info = os.lstat(path)
@@ -60,7 +65,8 @@ def bind_socket(config: Config) -> socket.socket:
         sock.bind(path)
     except OSError as exc:
         sock.close()
-        raise TotpdError(f"{path}: cannot bind the socket: {exc.strerror}") from None
+        # A path too long for sockaddr_un (108 bytes) is an OSError without an errno.
+        raise TotpdError(f"{path}: cannot bind the socket: {exc.strerror or exc}") from None
     finally:
         os.umask(old_umask)
     gid = -1
@@ -72,6 +78,14 @@ def bind_socket(config: Config) -> socket.socket:
             raise TotpdError(f"{config.path}: key 'socket_group' names no group '{config.socket_group}'") from None
     try:
         _set_owner_and_mode(path, gid, config.socket_mode)
+    except OSError as exc:
+        sock.close()
+        if gid == -1:
+            raise TotpdError(f"{path}: cannot set the socket's mode: {exc.strerror}") from None
+        raise TotpdError(
+            f"{config.path}: key 'socket_group': cannot give {path} to group '{config.socket_group}': {exc.strerror}"
+            " (the daemon's user must be a member of it)"
+        ) from None
     except BaseException:
         sock.close()
         raise
@@ -92,8 +106,6 @@ def _set_owner_and_mode(path: str, gid: int, mode: int) -> None:
         itself = f"/proc/self/fd/{fd}"  # the inode fd holds, whatever the path now names
         os.chown(itself, -1, gid)
         os.chmod(itself, mode)
-    except OSError as exc:
-        raise TotpdError(f"{path}: cannot set the socket's group and mode: {exc.strerror}") from None
     finally:
         os.close(fd)
 
@@ -102,6 +114,8 @@ def master_key(config: Config) -> bytes:
     credential = config_module.environment_credential_path()
     if credential:
         return load_credential(credential)
+    if not is_postgres(config.database) and os.path.isdir(config.database):
+        raise TotpdError(f"{config.path}: key 'database' names a directory, {config.database}; name a file in it")
     # A new key only for a new SQLite database: one made for a database that already
     # holds sealed secrets could never open them, and would hide the real fault.
     existing = not is_postgres(config.database) and os.path.exists(config.database) and os.path.getsize(config.database) > 0
@@ -145,20 +159,26 @@ def run(config: Config) -> None:
     no_core_dumps()
     os.umask(0o077)
     raise_descriptor_limit(config)
+    try:
+        check_backend(config.database)
+    except BackendMissing as exc:
+        raise TotpdError(f"{config.path}: {exc}") from None
     sealer = Sealer(master_key(config))
     store = open_store(config.database, key_check(sealer), store_options(config))
     notifier = None
     audit = Audit(config.audit)
     service = None
+    serving = False  # a start-up that fails says one line, the error, and nothing else
     try:
         service = Service(config, store, sealer, audit)
         if config.smtp is not None:
             notifier = Notifier(config.smtp)
             service.listeners.append(notifier)
-        if clock.synchronized() is False:
-            log.warning("this host's clock is not synchronized: TOTP codes may be refused; start an NTP client")
         handed_over = systemd_socket()
         sock = handed_over or bind_socket(config)
+        if clock.synchronized() is False:
+            log.warning("this host's clock is not synchronized: TOTP codes may be refused; start an NTP client")
+        serving = True
         asyncio.run(Daemon(config, service).serve(sock, owns_path=handed_over is None))
     finally:
         audit.flush()
@@ -167,7 +187,8 @@ def run(config: Config) -> None:
         if notifier is not None:
             notifier.close()
         store.close()
-        log.info("stopped")
+        if serving:
+            log.info("stopped")
 
 
 def main(argv: list[str] | None = None) -> int:

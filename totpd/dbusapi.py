@@ -19,7 +19,6 @@ packaging/dbus/org.totpd.Totpd1.xml by the tests.
 
 import asyncio
 import contextlib
-import io
 import json
 import logging
 from collections import Counter
@@ -460,11 +459,9 @@ def _default_text(status: str, user: str) -> str:
 
 
 def _qr_png(uri: str) -> bytes:
-    import segno
+    from . import qr  # segno, only when a QR code is drawn
 
-    buffer = io.BytesIO()
-    segno.make(uri, error="m").save(buffer, kind="png", scale=8, border=4)
-    return buffer.getvalue()
+    return qr.png(uri)
 
 
 def _is_own(uid: int, user: str) -> bool:

@@ -44,6 +44,10 @@ class StoreAbsent(StoreError):
     """Opened with create=False and there is no totpd store there yet."""
 
 
+class BackendMissing(StoreError):
+    """The database is PostgreSQL, and psycopg or psycopg_pool cannot be imported."""
+
+
 class MigrationRefused(StoreError):
     """The target already holds some of the accounts, and --force was not given."""
 

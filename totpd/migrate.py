@@ -18,10 +18,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-from .errors import MigrationRefused, StoreAbsent, StoreError
+from .errors import BackendMissing, MigrationRefused, StoreAbsent, StoreError
 from .sealing import Sealer
 from .sealing import key_check, secret_context
-from .store import Account, Store, StoreOptions, Transaction, is_postgres, open_store
+from .store import Account, Store, StoreOptions, Transaction, check_backend, is_postgres, open_store
 
 PAGE = 1000
 
@@ -203,6 +203,10 @@ def run_cli(args) -> int:  # type: ignore[no-untyped-def]
         return fail(f"'{postgres}' is not a PostgreSQL connection string (postgresql://... or host=... dbname=...)", 2)
     sqlite = args.database or (config.database if not is_postgres(config.database) else config_module.Config.database)
     source, target = (sqlite, postgres) if args.to else (postgres, sqlite)
+    try:
+        check_backend(postgres)
+    except BackendMissing as exc:
+        return fail(str(exc), 2)
     try:
         credential = config_module.environment_credential_path()
         if args.key_file:

@@ -26,7 +26,7 @@ def pam_module() -> str:
 def system_bus():
     """One private bus with the mock polkit for the session; polkit reset before each use."""
     for tool in ("dbus-daemon", "gdbus", "oathtool"):
-        assert shutil.which(tool), f"{tool} is missing: run `make deps` (APT_PACKAGES)"
+        assert shutil.which(tool), f"{tool} is missing: run `make deps` (TEST_APT_PACKAGES)"
     bus = PrivateBus()
     try:
         bus.start_polkit()

@@ -1,6 +1,6 @@
 """wire.c's parser under libFuzzer with ASan and UBSan (`make -C pam fuzz`), seeded
 from docs/protocol.md's test vectors. Nothing skips: without clang and its
-libFuzzer runtime (the Makefile's APT_PACKAGES) these tests fail."""
+libFuzzer runtime (the Makefile's TEST_APT_PACKAGES) these tests fail."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ import dataclasses
 import re
 from typing import TYPE_CHECKING, Callable, NamedTuple, TypeVar
 
-from ..errors import StoreAbsent, StoreError
+from ..errors import BackendMissing, StoreAbsent, StoreError
 
 if TYPE_CHECKING:
     import asyncio
@@ -189,9 +189,29 @@ def open_store(
     psycopg is imported only here and only for PostgreSQL: SQLite installs need none.
     """
     if is_postgres(database):
-        from .postgres import PostgresStore
-
-        return PostgresStore(database, key_check, options or StoreOptions(), create=create)
+        return _postgres_store()(database, key_check, options or StoreOptions(), create=create)
     from .sqlite import SQLiteStore
 
     return SQLiteStore(database, key_check, create=create, prefill_wal=(options or StoreOptions()).prefill_wal)
+
+
+def check_backend(database: str) -> None:
+    """Raise BackendMissing now if `database` needs a driver that is not installed, before
+    anything is created for it (a master key above all)."""
+    if is_postgres(database):
+        _postgres_store()
+
+
+def _postgres_store() -> type[Store]:
+    try:
+        from .postgres import PostgresStore
+    except ImportError as exc:
+        # A module of psycopg's missing, or psycopg itself refusing (no libpq): never
+        # an unrelated ImportError, which is a bug and keeps its traceback.
+        if exc.name and not exc.name.startswith("psycopg"):
+            raise
+        raise BackendMissing(
+            f"database is PostgreSQL, which needs psycopg and psycopg_pool ({exc}):"
+            " apt install python3-psycopg python3-psycopg-pool"
+        ) from None
+    return PostgresStore

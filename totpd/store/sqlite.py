@@ -164,6 +164,16 @@ class SQLiteTransaction(Transaction):
         self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
 
+def _full_hint(path: str, exc: sqlite3.Error) -> str:
+    """Say that the disk is full when it is: SQLite reports some writes that found no
+    space as a "disk I/O error"."""
+    try:
+        full = "full" not in str(exc) and os.statvfs(os.path.dirname(os.path.abspath(path))).f_bavail == 0
+    except OSError:
+        return ""
+    return "; the file system it is on is full" if full else ""
+
+
 def _create_private_file(path: str) -> None:
     """Create the database file 0600 before SQLite does, so it is never briefly readable."""
     directory = os.path.dirname(os.path.abspath(path))
@@ -264,7 +274,7 @@ class SQLiteStore(Store):
             conn.execute("PRAGMA busy_timeout = 5000")
             self._migrate(conn)
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path}: cannot open the database: {exc}") from None
+            raise StoreError(f"{self.path}: cannot open the database: {exc}{_full_hint(self.path, exc)}") from None
         return conn
 
     def _start_wal(self, conn: sqlite3.Connection) -> None:
@@ -297,7 +307,8 @@ class SQLiteStore(Store):
                 conn.execute(f"PRAGMA user_version = {target}")
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:  # a failed COMMIT (a full disk) has already rolled back
+                    conn.execute("ROLLBACK")
                 raise
 
     def _serve(self, started: concurrent.futures.Future[None], key_check: Callable[[Transaction], None]) -> None:
