@@ -18,6 +18,7 @@ import io
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -195,10 +196,11 @@ class LoginHost:
                          "--reset-env", "sudo", "-S", "-k", "--", *command], input=answer + "\n")
 
     def ssh(self, answers: list[str] | Callable[[str], str], user: str | None = None,
-            command: str = "id -un", use_key: bool = True) -> SshResult:
+            command: str = "id -un", use_key: bool = True, source: str = "127.0.0.1") -> SshResult:
         """Log in as `user` (default: the test user) with the client key, then
         keyboard-interactive; `answers` are typed at the prompts in order (or
-        computed from the prompt text)."""
+        computed from the prompt text). `source`: the loopback address to connect
+        from, which sshd hands PAM as the remote host."""
         user = user or self.user
         result = SshResult(authenticated=False, prompts=[], instructions=[])
         pending = list(answers) if not callable(answers) else []
@@ -214,7 +216,8 @@ class LoginHost:
                     replies.append(pending.pop(0) if pending else "")
             return replies
 
-        transport = paramiko.Transport(("127.0.0.1", self.sshd_port))
+        sock = socket.create_connection(("127.0.0.1", self.sshd_port), timeout=10, source_address=(source, 0))
+        transport = paramiko.Transport(sock)
         try:
             transport.start_client(timeout=10)
             served_key = transport.get_remote_server_key()
@@ -389,12 +392,14 @@ class TotpSetup:
 
 @pytest.fixture
 def make_totp(make_login_host: Callable[..., LoginHost], pam_module: Path) -> Callable[..., TotpSetup]:
-    """Factory: make_totp(config="", auth_before="", **host) -> sshd and sudo stacks
-    with pam_totpd (after `auth_before`, e.g. a password module), the daemon running
+    """Factory: make_totp(config="", auth_before="", control="required", auth_after="", **host)
+    -> sshd and sudo stacks with pam_totpd under `control` (after `auth_before`, e.g.
+    a password module, and before `auth_after`), the daemon running
     in the namespace with `config` (TOML lines) added to its own, and the test user
     enrolled (confirmed) with a known secret. `host` goes to make_login_host."""
 
-    def make(config: str = "", auth_before: str = "", **host_settings: Any) -> TotpSetup:
+    def make(config: str = "", auth_before: str = "", control: str = "required", auth_after: str = "",
+             **host_settings: Any) -> TotpSetup:
         # The socket lives in the work dir, which exists only once the namespace is
         # set up: start with a deny-all stack, then write the real one.
         host = make_login_host(auth="auth required pam_deny.so\n", **host_settings)
@@ -410,7 +415,7 @@ def make_totp(make_login_host: Callable[..., LoginHost], pam_module: Path) -> Ca
             'audit = "stderr"\n'
             + config
         )
-        for service, text in stacks(f"{auth_before}auth required {pam_module} socket={socket}\n").items():
+        for service, text in stacks(f"{auth_before}auth {control} {pam_module} socket={socket}\n{auth_after}").items():
             host.write_pam_service(service, text)
         setup = TotpSetup(host=host, socket=socket, secret=pyotp.random_base32(), config=config_path)
         setup.start_daemon()

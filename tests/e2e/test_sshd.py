@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 PROMPT = "Verification code: "
 
 
@@ -50,3 +52,26 @@ def test_openssh_client_login_with_wrong_code_is_refused(totp):
     transcript, status = totp.host.openssh(totp.wrong_code())
     assert status == 255, transcript
     assert "Permission denied (keyboard-interactive)." in transcript
+
+
+# The stack of packaging/pam.d/sshd: an IGNORE from pam_totpd reaches pam_permit,
+# which stands for the key sshd already checked.
+SHIPPED = {"control": "[success=done ignore=ignore default=die]", "auth_after": "auth required pam_permit.so\n"}
+
+
+def test_ssh_from_a_trusted_network_needs_no_code_and_from_another_address_does(make_totp):
+    totp = make_totp(config='trusted_networks = ["127.0.0.2/32"]\n', **SHIPPED)
+    trusted = totp.host.ssh([], source="127.0.0.2")
+    assert trusted.authenticated and trusted.prompts == [], trusted
+    assert trusted.output.strip() == totp.host.user
+    asked = totp.host.ssh([totp.wrong_code()], source="127.0.0.1")
+    assert not asked.authenticated and asked.prompts == ["Verification code: "], asked
+    assert "result=trusted_network" in totp.host.log("totpd")
+
+
+def test_ssh_with_the_shipped_stack_lets_an_unenrolled_account_in_where_policy_allows(make_totp):
+    totp = make_totp(config='unenrolled = "allow"\n', **SHIPPED)
+    reset = totp.host.run([sys.executable, "-m", "totpd.cli", "--socket", totp.socket, "reset", totp.host.user])
+    assert reset.returncode == 0, reset.stderr
+    result = totp.host.ssh([])
+    assert result.authenticated and result.prompts == [], result  # the key alone, as before enrollment
