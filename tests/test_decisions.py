@@ -58,3 +58,18 @@ def test_failures_are_free_then_back_off_doubling_to_the_cap_then_lock():
     config = Config(backoff_after=3, backoff_initial=1.0, backoff_max=4.0, max_failures=6)
     waits = [decisions.after_failure(config, failures, NOW) for failures in range(1, 7)]
     assert waits == [(0.0, False), (0.0, False), (NOW + 1, False), (NOW + 2, False), (NOW + 4, False), (0.0, True)]
+
+
+def test_a_timed_lock_ends_by_itself_and_the_next_failure_locks_again_at_once():
+    config = Config(max_failures=3, backoff_after=10, lock_duration=900)
+    assert decisions.after_failure(config, 3, NOW) == (NOW + 900, True)
+    locked = account(failures=3, locked=True, locked_until=NOW + 900)
+    assert decisions.is_locked(locked, NOW + 899) and not decisions.lock_ran_out(locked, NOW + 899)
+    assert not decisions.is_locked(locked, NOW + 900) and decisions.lock_ran_out(locked, NOW + 900)
+    assert decisions.after_failure(config, 4, NOW + 901) == (NOW + 1801, True)  # the count was kept
+
+
+def test_without_lock_duration_a_hard_lock_waits_for_an_unlock():
+    assert decisions.after_failure(Config(max_failures=3), 3, NOW) == (0.0, True)
+    assert decisions.is_locked(account(locked=True), NOW + 10**9)
+    assert not decisions.lock_ran_out(account(locked=True), NOW + 10**9)

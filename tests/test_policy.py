@@ -13,6 +13,7 @@ import pyotp
 import pytest
 
 import wire
+from daemonproc import wrong_code
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "pam"))
 import pamdriver  # noqa: E402
@@ -284,3 +285,30 @@ def test_a_trusted_network_with_host_bits_set_is_refused_naming_the_key(make_dae
     with pytest.raises(RuntimeError, match=r"key 'trusted_networks' lists '10.0.0.1/8', which is not a network"):
         daemon.start()
 
+
+
+# -- a lock that ends by itself ---------------------------------------------------------
+
+
+def test_a_lock_ends_after_lock_duration_and_the_next_failure_locks_again(make_daemon, tmp_path):
+    daemon = make_daemon(max_failures=3, backoff_after=10, lock_duration=2)
+    secret = daemon.enroll("alice")
+    wrong = wrong_code(secret)
+    results = [login(daemon, tmp_path, "sshd", "alice", answer=wrong).name for _ in range(3)]
+    assert results == ["PAM_AUTH_ERR", "PAM_AUTH_ERR", "PAM_MAXTRIES"]
+    assert login(daemon, tmp_path, "sshd", "alice", answer=pyotp.TOTP(secret).now()).name == "PAM_MAXTRIES"
+    time.sleep(2.2)
+    assert login(daemon, tmp_path, "sshd", "alice", answer=wrong).name == "PAM_MAXTRIES"  # locked again at once
+    assert login(daemon, tmp_path, "sshd", "alice", answer=pyotp.TOTP(secret).now()).name == "PAM_MAXTRIES"
+    time.sleep(2.2)
+    assert login(daemon, tmp_path, "sshd", "alice", answer=pyotp.TOTP(secret).now()).name == "PAM_SUCCESS"
+    status = json.loads(daemon.ctl("status", "alice", "--json").stdout)
+    assert (status["locked"], status["failures"]) == (0, 0)
+
+
+def test_a_timed_lock_says_when_it_ends(make_daemon):
+    daemon = make_daemon(max_failures=1, lock_duration=600)
+    secret = daemon.enroll("alice")
+    reply = verify(daemon, "alice", wrong_code(secret))
+    assert reply.status == "LOCKED" and "for 10 more minutes" in reply.message
+    assert "for 10 more minutes" in check(daemon, "alice").message

@@ -46,6 +46,7 @@ class Config:
     smtp: "SmtpConfig | None" = None
     window: int = 1
     max_failures: int = 20
+    lock_duration: int = 0
     backoff_after: int = 3
     backoff_initial: float = 1.0
     backoff_max: float = 300.0
@@ -285,6 +286,7 @@ _KEYS: dict[str, Callable[[Any], Any]] = {
     "smtp": _smtp,
     "window": _int_range(0, 10),
     "max_failures": _int_range(1, 100),
+    "lock_duration": _seconds,
     "backoff_after": _int_range(1, 100),
     "backoff_initial": _positive_number,
     "backoff_max": _positive_number,

@@ -167,6 +167,13 @@ class Context:
             return False
         return hmac.compare_digest(self.sealer.open(account.secret, secret_context(user)), secret)
 
+    def lift_ended_lock(self, tx: Transaction, account: Account, now: float) -> Account:
+        """The account with a timed hard lock that ran out lifted, in the judging transaction."""
+        if not decisions.lock_ran_out(account, now):
+            return account
+        tx.set_failures(account.user, account.failures, 0.0, False)
+        return account._replace(locked=False, locked_until=0.0)
+
     def fail(self, tx: Transaction, account: Account, now: float) -> Verdict:
         """Count one failure inside the judging transaction: REJECTED, or NOW_LOCKED."""
         failures = account.failures + 1

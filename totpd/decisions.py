@@ -30,8 +30,20 @@ class Verdict(enum.Enum):
 
 
 def is_locked(account: Account, now: float) -> bool:
-    """Is no code to be judged for this account now: a hard lock, or a backoff running?"""
-    return account.locked or now < account.locked_until
+    """Is no code to be judged for this account now: a hard lock, or a backoff running?
+
+    A hard lock lasts until an unlock (locked_until 0) or, with lock_duration, until
+    locked_until; a backoff is locked_until alone.
+    """
+    if account.locked:
+        return account.locked_until == 0 or now < account.locked_until
+    return now < account.locked_until
+
+
+def lock_ran_out(account: Account, now: float) -> bool:
+    """Did this account's timed hard lock end? Its failure count stays, so the next
+    failure locks it again at once."""
+    return account.locked and 0 < account.locked_until <= now
 
 
 def barred(account: Account | None, now: float) -> Verdict | None:
@@ -62,10 +74,11 @@ def after_failure(config: Config, failures: int, now: float) -> tuple[float, boo
 
     The first `backoff_after - 1` failures cost nothing; from then on each one
     doubles the wait (backoff_initial, 2x, 4x, ... capped at backoff_max); at
-    `max_failures` the account locks until an admin unlocks it.
+    `max_failures` the account locks until an admin unlocks it, or for
+    `lock_duration` seconds where that is set.
     """
     if failures >= config.max_failures:
-        return 0.0, True
+        return (now + config.lock_duration if config.lock_duration else 0.0), True
     if failures < config.backoff_after:
         return 0.0, False
     exponent = failures - config.backoff_after

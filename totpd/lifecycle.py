@@ -129,6 +129,7 @@ class Lifecycle:
                 return Verdict.NO_PENDING, -1, None
             if decisions.is_locked(account, now):
                 return Verdict.LOCKED, -1, None
+            account = ctx.lift_ended_lock(tx, account, now)
             params = params_of(account, pending=True)
             secret = ctx.sealer.open(account.pending_secret, secret_context(user))
             # A first code has no replay state of its own yet: any step in the window will do.
@@ -340,7 +341,7 @@ def describe(account: Account, recovery_left: int, now: float) -> dict[str, obje
     return {
         "enrolled": int(account.active),
         "pending": int(account.pending_secret is not None),
-        "locked": int(account.locked),
+        "locked": int(account.locked and decisions.is_locked(account, now)),
         "locked_until": int(account.locked_until) if account.locked_until > now else 0,
         "failures": account.failures,
         "recovery_codes_left": recovery_left,

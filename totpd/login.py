@@ -111,6 +111,7 @@ class Login:
             if barred := decisions.barred(account, now):
                 return Judged(barred, account)
             assert account is not None
+            account = ctx.lift_ended_lock(tx, account, now)
             params = params_of(account)
             if not otp.looks_like_totp(code, params):
                 miss = ctx.fail(tx, account, now)
@@ -164,7 +165,8 @@ class Login:
             ctx.emit("locked", user=user, service=service, rhost=rhost)
         status, message, level = VERDICT_REPLIES[verdict]
         if verdict is Verdict.NOW_LOCKED:
-            message = ctx.policy.locked_message(user, True, 0.0, now)
+            until = now + ctx.config.lock_duration if ctx.config.lock_duration else 0.0
+            message = ctx.policy.locked_message(user, True, until, now)
         elif verdict is Verdict.LOCKED:
             assert judged.account is not None
             message = ctx.policy.locked_message(user, judged.account.locked, judged.account.locked_until, now)

@@ -115,6 +115,12 @@ class Policy:
 
     @staticmethod
     def locked_message(user: str, locked: bool, locked_until: float, now: float) -> str:
+        if locked and locked_until > now:
+            minutes = max(1, math.ceil((locked_until - now) / 60))
+            return (
+                f"This account is locked after too many wrong codes for {minutes} more minute{'s' if minutes != 1 else ''};"
+                f" or ask an administrator to run: totpctl unlock {user}"
+            )
         if locked:
             return (
                 "This account is locked after too many wrong codes;"
