@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import hmac
 import json
 import logging
@@ -26,7 +25,7 @@ from .errors import BusyError, ProtocolError, SealingError, StoreError
 from .policy import Policy, RememberedHosts, Rules, local_today
 from .protocol import MAX_LIST_LIMIT, MAX_MESSAGE, MAX_REPLY_PAYLOAD, Reply, Request
 from .sealing import Sealer, secret_context
-from .store import Account, Outcome, Store, Transaction, resolve
+from .store import Account, Batcher, Store, Transaction
 from .workers import Worker
 
 log = logging.getLogger("totpd")
@@ -99,70 +98,6 @@ def _params_of(account: Account, pending: bool = False) -> otp.Params:
     if pending:
         return otp.Params(account.pending_algorithm or "SHA1", account.pending_digits or 6, account.pending_period or 30)
     return otp.Params(account.algorithm, account.digits, account.period)
-
-
-# What a unit of work hands back: its value, or the exception it raised (then None).
-Settle = Callable[[object, "BaseException | None"], None]
-
-
-class Batcher:
-    """Hands units of work to the store a batch at a time.
-
-    Every unit submitted during one turn of the event loop goes to the store as one
-    batch: one transaction and one commit (one fsync) for all of them. A store that
-    can run a batch in the caller's thread (SQLite's run_here) runs and commits it
-    there and then, and the requests that arrive meanwhile form the next batch;
-    any other store (PostgreSQL) answers with one wake-up of the loop per batch.
-    Each unit's outcome goes to a future (submit) or straight to a callback, on the
-    loop, after the commit (call).
-    """
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self._run_here = getattr(store, "run_here", None)
-        self._pending: list[tuple[Callable[[Transaction], object], Settle]] = []
-        self._scheduled = False
-
-    def submit(self, work: Callable[[Transaction], object]) -> asyncio.Future:
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self._pending.append((work, functools.partial(resolve, future)))
-        self._schedule(loop)
-        return future
-
-    def call(self, work: Callable[[Transaction], object], settle: Settle) -> None:
-        self._pending.append((work, settle))
-        self._schedule(asyncio.get_running_loop())
-
-    def _schedule(self, loop: asyncio.AbstractEventLoop, delay: float = 0.0) -> None:
-        if self._pending and not self._scheduled:
-            self._scheduled = True
-            if delay:
-                loop.call_later(delay, self._flush, loop)
-            else:
-                loop.call_soon(self._flush, loop)
-
-    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._scheduled = False
-        if not self._pending:
-            return
-        batch, self._pending = self._pending, []
-        units = [work for work, _ in batch]
-        if self._run_here is None:
-            self.store.submit_batch(units, lambda outcomes: loop.call_soon_threadsafe(self._settle, batch, outcomes))
-            return
-        if not self._run_here(units, lambda outcomes: self._settle(batch, outcomes)):
-            # The store thread holds the connection for work from elsewhere: retry shortly.
-            self._pending[:0] = batch
-            self._schedule(loop, delay=0.001)
-
-    @staticmethod
-    def _settle(batch: list[tuple[object, Settle]], outcomes: list[Outcome]) -> None:
-        for index, value, error in outcomes:
-            try:
-                batch[index][1](value, error)
-            except Exception:  # one caller's bug must not leave the rest of the batch unanswered
-                log.exception("internal error while answering a store unit")
 
 
 class Service:
