@@ -26,8 +26,8 @@ SCHEMA_VERSION = 1
 
 
 class Account(NamedTuple):
-    """One account as stored. A named tuple: every verification builds one, and a
-    frozen dataclass of fifteen fields cost three times as much to build."""
+    """One account as stored: a named tuple, the cheapest record to build, since every
+    verification builds one (docs/performance.md)."""
 
     user: str
     secret: bytes | None  # sealed; None while only a pending enrollment exists
