@@ -26,7 +26,7 @@ from .store import Account, Transaction
 from .workers import Worker
 
 if TYPE_CHECKING:
-    from .service import Batcher
+    from .store import Batcher, Reader
 
 log = logging.getLogger("totpd")
 
@@ -107,6 +107,10 @@ class Context:
     async def transact(self, work: Callable[[Transaction], object]) -> object:
         """Run `work` in a store transaction; its value once the batch is committed."""
         return await self.batcher.submit(work)
+
+    async def read(self, work: Callable[["Reader"], object]) -> object:
+        """Run a read-only `work` outside any transaction (one statement for a check)."""
+        return await self.batcher.read(work)
 
     def emit(self, event: str, **fields: object) -> None:
         for listener in self.listeners:

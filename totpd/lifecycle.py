@@ -20,7 +20,7 @@ from .errors import ProtocolError
 from .login import Login
 from .protocol import MAX_LIST_LIMIT, MAX_REPLY_PAYLOAD, Reply, Request
 from .sealing import secret_context
-from .store import Account, Transaction
+from .store import Account, Reader, Transaction
 
 LIST_REPLY_BUDGET = MAX_REPLY_PAYLOAD - 1024  # room for the status line and the other keys
 MAX_STAGED = 1_000_000
@@ -71,7 +71,7 @@ class Lifecycle:
         if not admin and activate:
             return reply("FORBIDDEN", "only an administrator may enroll without confirming a first code")
         proof = request.get("proof")
-        existing = await ctx.transact(lambda tx: tx.get(user))
+        existing = await ctx.read(lambda tx: tx.get(user))
         assert existing is None or isinstance(existing, Account)
         if existing is not None and existing.active:
             if not force:
@@ -171,10 +171,10 @@ class Lifecycle:
             return refusal
         user = request.user
 
-        def read(tx: Transaction) -> tuple[Account | None, int]:
+        def read(tx: Reader) -> tuple[Account | None, int]:
             return tx.get(user), len(tx.recovery_hashes(user))
 
-        account, left = await ctx.transact(read)  # type: ignore[misc]
+        account, left = await ctx.read(read)  # type: ignore[misc]
         if account is None:
             return reply("NOT_ENROLLED", f"account '{user}' is not enrolled")
         synced = clock.synchronized()
@@ -191,10 +191,10 @@ class Lifecycle:
         if offset < 0 or limit < 1:
             raise ProtocolError("'offset' must be 0 or more and 'limit' 1 or more")
 
-        def read(tx: Transaction) -> tuple[int, list[tuple[Account, int]]]:
+        def read(tx: Reader) -> tuple[int, list[tuple[Account, int]]]:
             return tx.count(), tx.page(offset, limit)
 
-        total, page = await ctx.transact(read)  # type: ignore[misc]
+        total, page = await ctx.read(read)  # type: ignore[misc]
         now = ctx.clock()
         # Return as many entries as fit in one reply; the client pages on from offset + count.
         entries: list[str] = []
@@ -243,7 +243,7 @@ class Lifecycle:
         if refusal := await ctx.authorize(request, caller, allow_self=True):
             return refusal
         user = request.user
-        account = await ctx.transact(lambda tx: tx.get(user))
+        account = await ctx.read(lambda tx: tx.get(user))
         if not isinstance(account, Account) or not account.active:
             return reply("NOT_ENROLLED", f"account '{user}' is not enrolled")
         if not await ctx.authority.is_admin(caller) and not await self._prove(user, request.get("proof"), caller):

@@ -60,7 +60,7 @@ class Login:
         if is_pam(caller) and ctx.policy.trusted(ctx.policy.rules(request.get("service")), request.get("rhost")):
             ctx.audit(request, caller, "check", "trusted_network")
             return reply("IGNORE")  # enrolled or not: the rest of the stack decides, without a code
-        account = await ctx.transact(lambda tx: tx.get(user))
+        account = await ctx.read(lambda tx: tx.get(user))
         assert account is None or isinstance(account, Account)
         if account is None or not account.active:
             return await self.unenrolled(request, caller, "check")

@@ -9,8 +9,6 @@ is mapped to a reply here, failing closed.
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import logging
 import time
 from typing import Awaitable, Callable
@@ -25,7 +23,7 @@ from .lifecycle import Lifecycle, Session
 from .login import Login
 from .protocol import Reply, Request
 from .sealing import Sealer
-from .store import Outcome, Store, Transaction, resolve
+from .store import Batcher, Store
 
 log = logging.getLogger("totpd")
 
@@ -41,70 +39,6 @@ Handler = Callable[[Request, Caller, "Session | None"], Awaitable[Reply]]
 def internal_error() -> Reply:
     """The reply when a bug, not the store or the request, stopped a decision: fail closed."""
     return Reply("UNAVAILABLE", {"message": "The two-factor service hit an internal error; try again."})
-
-
-# What a unit of work hands back: its value, or the exception it raised (then None).
-Settle = Callable[[object, "BaseException | None"], None]
-
-
-class Batcher:
-    """Hands units of work to the store a batch at a time.
-
-    Every unit submitted during one turn of the event loop goes to the store as one
-    batch: one transaction and one commit (one fsync) for all of them. A store that
-    can run a batch in the caller's thread (SQLite's run_here) runs and commits it
-    there and then, and the requests that arrive meanwhile form the next batch;
-    any other store (PostgreSQL) answers with one wake-up of the loop per batch.
-    Each unit's outcome goes to a future (submit) or straight to a callback, on the
-    loop, after the commit (call).
-    """
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self._run_here = getattr(store, "run_here", None)
-        self._pending: list[tuple[Callable[[Transaction], object], Settle]] = []
-        self._scheduled = False
-
-    def submit(self, work: Callable[[Transaction], object]) -> asyncio.Future:
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self._pending.append((work, functools.partial(resolve, future)))
-        self._schedule(loop)
-        return future
-
-    def call(self, work: Callable[[Transaction], object], settle: Settle) -> None:
-        self._pending.append((work, settle))
-        self._schedule(asyncio.get_running_loop())
-
-    def _schedule(self, loop: asyncio.AbstractEventLoop, delay: float = 0.0) -> None:
-        if self._pending and not self._scheduled:
-            self._scheduled = True
-            if delay:
-                loop.call_later(delay, self._flush, loop)
-            else:
-                loop.call_soon(self._flush, loop)
-
-    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._scheduled = False
-        if not self._pending:
-            return
-        batch, self._pending = self._pending, []
-        units = [work for work, _ in batch]
-        if self._run_here is None:
-            self.store.submit_batch(units, lambda outcomes: loop.call_soon_threadsafe(self._settle, batch, outcomes))
-            return
-        if not self._run_here(units, lambda outcomes: self._settle(batch, outcomes)):
-            # The store thread holds the connection for work from elsewhere: retry shortly.
-            self._pending[:0] = batch
-            self._schedule(loop, delay=0.001)
-
-    @staticmethod
-    def _settle(batch: list[tuple[object, Settle]], outcomes: list[Outcome]) -> None:
-        for index, value, error in outcomes:
-            try:
-                batch[index][1](value, error)
-            except Exception:  # one caller's bug must not leave the rest of the batch unanswered
-                log.exception("internal error while answering a store unit")
 
 
 class Service:

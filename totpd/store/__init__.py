@@ -1,11 +1,12 @@
 """The store: every account's durable state, behind one small interface.
 
-The service never writes SQL. It hands the store a function of a `Transaction`;
-the backend runs it atomically and resolves the returned future only once the
-transaction is durably committed (so a reply that depends on it, an OK above all,
-can never go out before its state is safe). Both backends (SQLite, the embedded
-default; PostgreSQL, fleet mode) implement the same `Transaction` methods, and the
-same tests run against both.
+The service never writes SQL. It hands the store (through the `Batcher`) a
+function of a `Transaction`; the backend runs it atomically and resolves the
+returned future only once the transaction is durably committed (so a reply that
+depends on it, an OK above all, can never go out before its state is safe), or a
+function of a `Reader`, run with no transaction at all. Both backends (SQLite, the
+embedded default; PostgreSQL, fleet mode) run the same SQL (`sql.py`) behind the
+same `Store` interface, and the same tests run against both.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ SCHEMA_VERSION = 1
 
 
 class Account(NamedTuple):
-    """One account as stored. A named tuple: every verification builds one, and a
-    frozen dataclass of fifteen fields cost three times as much to build."""
+    """One account as stored: a named tuple, the cheapest record to build, since every
+    verification builds one (docs/performance.md)."""
 
     user: str
     secret: bytes | None  # sealed; None while only a pending enrollment exists
@@ -56,11 +57,33 @@ class Account(NamedTuple):
         return cls._make((*row[:8], bool(row[8]), *row[9:15]))
 
 
-class Transaction(abc.ABC):
-    """What a unit of work may do. Every method sees the transaction's own writes."""
+class Reader(abc.ABC):
+    """What a read-only unit may do (`Store.read`): each read sees the latest commit."""
+
+    __slots__ = ()
 
     @abc.abstractmethod
     def get(self, user: str) -> Account | None: ...
+
+    @abc.abstractmethod
+    def recovery_hashes(self, user: str) -> list[tuple[int, str]]: ...
+
+    @abc.abstractmethod
+    def count(self) -> int: ...
+
+    @abc.abstractmethod
+    def get_meta(self, key: str) -> bytes | None: ...
+
+    @abc.abstractmethod
+    def page(self, offset: int, limit: int) -> list[tuple[Account, int]]:
+        """Accounts ordered by name, each with its number of recovery codes left."""
+
+
+class Transaction(Reader):
+    """What a unit of work may do. Every method sees the transaction's own writes, and
+    `get` holds the account's row until the commit (PostgreSQL: FOR UPDATE)."""
+
+    __slots__ = ()
 
     @abc.abstractmethod
     def put_pending(self, user: str, sealed: bytes, algorithm: str, digits: int, period: int, now: float) -> None:
@@ -82,9 +105,6 @@ class Transaction(abc.ABC):
     def delete(self, user: str) -> bool: ...
 
     @abc.abstractmethod
-    def recovery_hashes(self, user: str) -> list[tuple[int, str]]: ...
-
-    @abc.abstractmethod
     def replace_recovery_codes(self, user: str, hashes: list[str]) -> None: ...
 
     @abc.abstractmethod
@@ -92,17 +112,7 @@ class Transaction(abc.ABC):
         """Delete one recovery code; False if it was already gone (used concurrently)."""
 
     @abc.abstractmethod
-    def count(self) -> int: ...
-
-    @abc.abstractmethod
-    def get_meta(self, key: str) -> bytes | None: ...
-
-    @abc.abstractmethod
     def set_meta(self, key: str, value: bytes) -> None: ...
-
-    @abc.abstractmethod
-    def page(self, offset: int, limit: int) -> list[tuple[Account, int]]:
-        """Accounts ordered by name, each with its number of recovery codes left."""
 
     @abc.abstractmethod
     def restore(self, account: Account, recovery: list[tuple[int, str]]) -> None:
@@ -110,42 +120,66 @@ class Transaction(abc.ABC):
         existing one (`totpctl migrate` between stores; never used by the service)."""
 
 
+# (index of the unit in its batch, its value, or the exception it raised)
+Outcome = tuple[int, object, BaseException | None]
+# Where a read's value, or the exception it raised (then None), goes.
+Settle = Callable[[object, BaseException | None], None]
+
+
 class Store(abc.ABC):
+    """One backend. A unit of work is a function of a `Transaction` (or, for `read`, of a
+    `Reader`) with no effect outside it: a batch may run a unit more than once, and only
+    the run that is committed counts."""
+
     @abc.abstractmethod
     def submit(self, work: Callable[[Transaction], T]) -> concurrent.futures.Future[T]:
         """Run `work` in one transaction; the future resolves after the commit."""
-
-    @abc.abstractmethod
-    def close(self) -> None: ...
 
     def submit_batch(self, units: list[Callable[[Transaction], object]], done: Callable[[list[Outcome]], None]) -> None:
         """Run each unit as `submit` would and report through `done`, from any thread.
 
         `done` receives (index, value, error) triples, all at once or in several calls,
         each only after its unit's commit. This default answers unit by unit; the SQLite
-        store runs a whole batch in one transaction and answers it with one call, so the
-        daemon pays one thread hop per batch instead of one per request.
+        store runs a whole batch in one transaction and answers it with one call.
         """
         for index, work in enumerate(units):
             self.submit(work).add_done_callback(lambda future, index=index: done([_outcome(index, future)]))
+
+    def run_batch_here(self, units: list[Callable[[Transaction], object]], done: Callable[[list[Outcome]], None]) -> bool:
+        """Run and commit the batch in the calling thread and call `done` before returning
+        True; False (nothing done) if this store cannot now, and the caller uses
+        `submit_batch`. This default never can."""
+        return False
+
+    @abc.abstractmethod
+    def read(self, work: Callable[[Reader], T]) -> concurrent.futures.Future[T]:
+        """Run read-only `work` outside any write transaction, with no commit."""
+
+    def read_here(self, work: Callable[[Reader], object], done: Settle) -> bool:
+        """Run read-only `work` in the calling thread and call `done` before returning True;
+        False (nothing done) if this store cannot now, and the caller uses `read`. This
+        default never can."""
+        return False
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
 
     def run(self, work: Callable[[Transaction], T]) -> T:
         return self.submit(work).result()
 
 
-# (index of the unit in its batch, its value, or the exception it raised)
-Outcome = tuple[int, object, BaseException | None]
-
-
 def resolve(future: concurrent.futures.Future | asyncio.Future, value: object, error: BaseException | None) -> None:
     """Settle a future (of either kind) with a unit's value or the exception it raised,
-    unless its caller has cancelled it."""
-    if future.cancelled():
+    unless it is settled already: cancelled by its caller, or answered by a deadline."""
+    if future.done():
         return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(value)
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)
+    except concurrent.futures.InvalidStateError:  # another thread settled it meanwhile
+        pass
 
 
 def _outcome(index: int, future: concurrent.futures.Future) -> Outcome:
@@ -215,3 +249,6 @@ def _postgres_store() -> type[Store]:
             " apt install python3-psycopg python3-psycopg-pool"
         ) from None
     return PostgresStore
+
+
+from .batcher import Batcher  # noqa: E402  (built on the interface above)

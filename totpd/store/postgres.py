@@ -6,7 +6,8 @@ after COMMIT has returned. `get` locks the account's row (SELECT ... FOR UPDATE)
 the read-modify-write of a verification (failure counters, lockout, recovery-code
 use) is atomic across every host, and `advance_step` is one conditional UPDATE
 (... WHERE last_step < step) in that same transaction: of any number of hosts
-judging one code at once, exactly one advances the step.
+judging one code at once, exactly one advances the step. A read (`Store.read`) is
+its statements alone, in autocommit mode, without a row lock.
 
 Every wait is bounded: connect, pool, lock and statement timeouts, and a watchdog
 that answers a unit UNAVAILABLE once the server has left it unanswered for
@@ -35,7 +36,8 @@ import psycopg_pool
 
 from ..errors import StoreAbsent, StoreError, StoreUnavailable
 from ..files import private_file_problem
-from . import SCHEMA_VERSION, Account, Store, StoreOptions, Transaction
+from . import SCHEMA_VERSION, Reader, Store, StoreOptions, Transaction, resolve
+from .sql import Dialect, SQLReader, SQLTransaction, Statements
 
 T = TypeVar("T")
 
@@ -46,6 +48,11 @@ log = logging.getLogger("totpd")
 MIGRATION_LOCK = int.from_bytes(b"totpd", "big")
 STARTUP_TIMEOUT_MS = 60_000  # a migration on a big table may take a while
 RECONNECT_GIVE_UP = 10.0  # pool reconnect attempts back off up to this, then start afresh on demand
+
+# FOR UPDATE: whatever a unit decides from an account's row, no other host decides
+# from the same version of it before the unit's transaction ends. COLLATE "C": the
+# same byte order as SQLite, whatever the database's locale.
+SQL = Statements(Dialect(placeholder="%s", lock_row=" FOR UPDATE", byte_order=' COLLATE "C"'))
 
 _MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -79,11 +86,6 @@ _MIGRATIONS: dict[int, list[str]] = {
     ],
 }
 
-_COLUMNS = (
-    '"user", secret, algorithm, digits, period, last_step, failures, locked_until, locked, '
-    "created, confirmed, pending_secret, pending_algorithm, pending_digits, pending_period"
-)
-
 
 class _Unit:
     """A unit of work in flight: its future, and when the server last answered it."""
@@ -98,8 +100,8 @@ class _Unit:
         self.answered = time.monotonic()
 
 
-class _Statements:
-    """The connection as a transaction sees it: every statement that returns is progress."""
+class _Tracked:
+    """The connection as a unit sees it: every statement that returns is progress."""
 
     def __init__(self, conn: psycopg.Connection, unit: _Unit | None) -> None:
         self._conn = conn
@@ -116,111 +118,6 @@ class _Statements:
             cursor.executemany(query, rows)  # type: ignore[arg-type]
         if self._unit is not None:
             self._unit.progress()
-
-
-class PostgresTransaction(Transaction):
-    def __init__(self, conn: psycopg.Connection, unit: _Unit | None = None) -> None:
-        self._db = _Statements(conn, unit)
-
-    def get(self, user: str) -> Account | None:
-        # FOR UPDATE: whatever this unit decides from the row, no other host decides
-        # from the same version of it before this transaction ends.
-        row = self._db.execute(f'SELECT {_COLUMNS} FROM accounts WHERE "user" = %s FOR UPDATE', (user,)).fetchone()
-        return Account.from_row(row) if row else None
-
-    def put_pending(self, user: str, sealed: bytes, algorithm: str, digits: int, period: int, now: float) -> None:
-        self._db.execute(
-            'INSERT INTO accounts ("user", created, pending_secret, pending_algorithm, pending_digits, pending_period)'
-            " VALUES (%s, %s, %s, %s, %s, %s)"
-            ' ON CONFLICT ("user") DO UPDATE SET pending_secret = excluded.pending_secret,'
-            " pending_algorithm = excluded.pending_algorithm, pending_digits = excluded.pending_digits,"
-            " pending_period = excluded.pending_period",
-            (user, now, sealed, algorithm, digits, period),
-        )
-
-    def activate_pending(self, user: str, now: float, keep_replay_state: bool = False) -> bool:
-        cursor = self._db.execute(
-            "UPDATE accounts SET secret = pending_secret, algorithm = pending_algorithm,"
-            " digits = pending_digits, period = pending_period, last_step = CASE WHEN %s THEN last_step ELSE -1 END, failures = 0,"
-            " locked_until = 0, locked = FALSE, confirmed = %s, pending_secret = NULL,"
-            " pending_algorithm = NULL, pending_digits = NULL, pending_period = NULL"
-            ' WHERE "user" = %s AND pending_secret IS NOT NULL',
-            (keep_replay_state, now, user),
-        )
-        return cursor.rowcount == 1
-
-    def advance_step(self, user: str, step: int) -> bool:
-        # The one atomic conditional write that makes a code single-use fleet-wide.
-        cursor = self._db.execute(
-            "UPDATE accounts SET last_step = %s, failures = 0, locked_until = 0"
-            ' WHERE "user" = %s AND last_step < %s AND NOT locked',
-            (step, user, step),
-        )
-        return cursor.rowcount == 1
-
-    def set_failures(self, user: str, failures: int, locked_until: float, locked: bool) -> None:
-        self._db.execute(
-            'UPDATE accounts SET failures = %s, locked_until = %s, locked = %s WHERE "user" = %s',
-            (failures, locked_until, bool(locked), user),
-        )
-
-    def delete(self, user: str) -> bool:
-        self._db.execute('DELETE FROM recovery_codes WHERE "user" = %s', (user,))
-        return self._db.execute('DELETE FROM accounts WHERE "user" = %s', (user,)).rowcount == 1
-
-    def recovery_hashes(self, user: str) -> list[tuple[int, str]]:
-        rows = self._db.execute('SELECT id, hash FROM recovery_codes WHERE "user" = %s ORDER BY id', (user,))
-        return [tuple(row) for row in rows.fetchall()]  # type: ignore[misc]
-
-    def replace_recovery_codes(self, user: str, hashes: list[str]) -> None:
-        self._db.execute('DELETE FROM recovery_codes WHERE "user" = %s', (user,))
-        self._insert_recovery(user, list(enumerate(hashes)))
-
-    def _insert_recovery(self, user: str, codes: list[tuple[int, str]]) -> None:
-        if codes:
-            self._db.executemany(
-                'INSERT INTO recovery_codes ("user", id, hash) VALUES (%s, %s, %s)',
-                [(user, code_id, value) for code_id, value in codes],
-            )
-
-    def use_recovery_code(self, user: str, code_id: int) -> bool:
-        cursor = self._db.execute('DELETE FROM recovery_codes WHERE "user" = %s AND id = %s', (user, code_id))
-        return cursor.rowcount == 1
-
-    def count(self) -> int:
-        row = self._db.execute("SELECT count(*) FROM accounts").fetchone()
-        return int(row[0]) if row else 0
-
-    def page(self, offset: int, limit: int) -> list[tuple[Account, int]]:
-        # COLLATE "C": the same byte order as SQLite, whatever the database's locale.
-        rows = self._db.execute(
-            f'SELECT {_COLUMNS}, (SELECT count(*) FROM recovery_codes r WHERE r."user" = a."user")'
-            ' FROM accounts a ORDER BY "user" COLLATE "C" LIMIT %s OFFSET %s',
-            (limit, offset),
-        ).fetchall()
-        return [(Account.from_row(row), int(row[15])) for row in rows]
-
-    def restore(self, account: Account, recovery: list[tuple[int, str]]) -> None:
-        self.delete(account.user)
-        self._db.execute(
-            f"INSERT INTO accounts ({_COLUMNS}) VALUES ({', '.join(['%s'] * 15)})",
-            (
-                account.user, account.secret, account.algorithm, account.digits, account.period, account.last_step,
-                account.failures, account.locked_until, bool(account.locked), account.created, account.confirmed,
-                account.pending_secret, account.pending_algorithm, account.pending_digits, account.pending_period,
-            ),
-        )
-        self._insert_recovery(account.user, recovery)
-
-    def get_meta(self, key: str) -> bytes | None:
-        row = self._db.execute("SELECT value FROM meta WHERE key = %s", (key,)).fetchone()
-        return bytes(row[0]) if row else None
-
-    def set_meta(self, key: str, value: bytes) -> None:
-        self._db.execute(
-            "INSERT INTO meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            (key, value),
-        )
 
 
 # -- connection settings ------------------------------------------------------------
@@ -354,18 +251,7 @@ class _Deadlines:
                 if due > time.monotonic():  # answered since: wait on
                     heapq.heappush(self._heap, (due, next(self._order), unit))
                     continue
-            _settle(unit.future, error=self._expired())
-
-
-def _settle(future: concurrent.futures.Future, value: object = None, error: BaseException | None = None) -> None:
-    """Resolve a future unless the deadline (or the worker) already did."""
-    try:
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(value)
-    except concurrent.futures.InvalidStateError:
-        pass
+            resolve(unit.future, None, self._expired())
 
 
 # -- the store -------------------------------------------------------------------------
@@ -447,7 +333,7 @@ class PostgresStore(Store):
                         "INSERT INTO totpd_schema (version, applied) VALUES (%s, %s)", (target, time.time())
                     )
                     log.info("%s: applied schema migration %d", self.name, target)
-                key_check(PostgresTransaction(conn))
+                key_check(SQLTransaction(_Tracked(conn, None), SQL))
             self._warn_about_durability(conn)
         except psycopg.Error as exc:
             raise StoreError(f"{self.name}: cannot prepare the database: {_one_line(exc)}") from None
@@ -487,28 +373,34 @@ class PostgresStore(Store):
     # -- units of work --------------------------------------------------------------------
 
     def submit(self, work: Callable[[Transaction], T]) -> concurrent.futures.Future[T]:
-        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        return self._start_unit(work, read=False)
+
+    def read(self, work: Callable[[Reader], T]) -> concurrent.futures.Future[T]:
+        return self._start_unit(work, read=True)
+
+    def _start_unit(self, work: Callable, read: bool) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
         if self._closed:
             future.set_exception(StoreUnavailable("the store is closed"))
             return future
         unit = _Unit(future)
         self._deadlines.add(unit)
-        self._workers.submit(self._run, work, unit)
+        self._workers.submit(self._run, work, unit, read)
         return future
 
-    def _run(self, work: Callable[[Transaction], T], unit: _Unit) -> None:
+    def _run(self, work: Callable, unit: _Unit, read: bool) -> None:
         future = unit.future
         if future.done():  # answered UNAVAILABLE while it waited for a worker: not run at all
             return
         try:
-            value = self._attempt(work, unit)
+            value = self._attempt(work, unit, read)
         except BaseException as exc:  # noqa: BLE001 - handed to the waiting request
-            _settle(future, error=exc)
+            resolve(future, None, exc)
         else:
             self._mark(healthy=True)
-            _settle(future, value)
+            resolve(future, value, None)
 
-    def _attempt(self, work: Callable[[Transaction], T], unit: _Unit) -> T:
+    def _attempt(self, work: Callable, unit: _Unit, read: bool) -> object:
         # A connection that died while idle in the pool (server restarted) fails on its
         # first statement, before anything was committed: the unit is then retried on
         # another connection. A failure during COMMIT is never retried (its outcome is
@@ -525,7 +417,12 @@ class PostgresStore(Store):
             committing = False
             try:
                 unit.progress()
-                value = work(PostgresTransaction(conn, unit))
+                if read:
+                    # Autocommit: each statement one round trip, where BEGIN and COMMIT
+                    # (or a READ ONLY transaction) would add two of their own.
+                    conn.autocommit = True
+                    return work(SQLReader(_Tracked(conn, unit), SQL))
+                value = work(SQLTransaction(_Tracked(conn, unit), SQL))
                 committing = True
                 conn.commit()
                 return value
@@ -535,13 +432,20 @@ class PostgresStore(Store):
                 what = "the commit failed, so the request fails closed" if committing else "the transaction failed"
                 raise self._unavailable(f"{what}: {_one_line(exc)}") from None
             finally:
-                if not conn.broken and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                    try:
-                        conn.rollback()
-                    except psycopg.Error:
-                        pass
-                self._pool.putconn(conn)
+                self._release(conn)
         raise self._unavailable(f"no answer within {self.options.timeout:g} s (key 'database_timeout')")
+
+    def _release(self, conn: psycopg.Connection) -> None:
+        """Back to the pool idle and out of autocommit, or closed (the pool replaces it)."""
+        if not conn.broken:
+            try:
+                if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                    conn.rollback()
+                if conn.autocommit:
+                    conn.autocommit = False
+            except psycopg.Error:
+                conn.close()
+        self._pool.putconn(conn)
 
     def _unavailable(self, reason: str) -> StoreUnavailable:
         self._mark(healthy=False, reason=reason)

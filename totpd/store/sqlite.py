@@ -1,10 +1,14 @@
 """The embedded SQLite store (WAL, synchronous=FULL) with group commit.
 
-One thread owns the connection. Units of work queue up; the thread takes every one
-that is waiting, runs each inside its own SAVEPOINT of a single transaction, commits
-once (one fsync for the whole batch), and only then resolves their futures. A unit
-that raises is rolled back alone; a commit that fails (full disk, I/O error) fails
-every unit of the batch, so no reply ever claims state that was not written.
+One connection, used by the event loop's thread for its batches and reads, or by
+the store's own thread for work submitted from anywhere else (start-up, tools),
+never by both at once. A batch's units run in one transaction with no savepoint
+each, and it commits once (one fsync for the whole batch) before any of them is
+answered. A unit that raises has the batch rolled back and run again without it,
+every other unit in a savepoint of its own this time, so that a second unit that
+raises costs no third run. A commit that fails (full disk, I/O error) fails every
+unit of the batch, so no reply ever claims state that was not written. A read is
+one statement in SQLite's autocommit mode: no transaction, no commit.
 """
 
 from __future__ import annotations
@@ -16,11 +20,12 @@ import queue
 import sqlite3
 import stat
 import threading
-from typing import Callable, TypeVar
+from typing import Callable, NamedTuple, TypeVar
 
 from ..errors import StoreAbsent, StoreError, StoreUnavailable
 from ..files import directory_problem, parent, private_file_problem
-from . import SCHEMA_VERSION, Account, Outcome, Store, Transaction, resolve
+from . import SCHEMA_VERSION, Outcome, Reader, Settle, Store, Transaction, resolve
+from .sql import Dialect, SQLReader, SQLTransaction, Statements
 
 T = TypeVar("T")
 
@@ -30,6 +35,8 @@ MAX_BATCH = 512
 # A new write-ahead log is zero-filled to this many frames (wal_autocheckpoint's 1000
 # pages, and room for the transaction that crosses it) of a 4 KiB page: _prefill_wal.
 WAL_PREFILL_BYTES = 32 + 1100 * (4096 + 24)
+
+SQL = Statements(Dialect(placeholder="?"))  # BINARY, SQLite's default collation, is byte order
 
 _MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -63,106 +70,6 @@ _MIGRATIONS: dict[int, list[str]] = {
     ],
 }
 
-_COLUMNS = (
-    "user, secret, algorithm, digits, period, last_step, failures, locked_until, locked, "
-    "created, confirmed, pending_secret, pending_algorithm, pending_digits, pending_period"
-)
-
-
-class SQLiteTransaction(Transaction):
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._db = conn
-
-    def get(self, user: str) -> Account | None:
-        row = self._db.execute(f"SELECT {_COLUMNS} FROM accounts WHERE user = ?", (user,)).fetchone()
-        return Account.from_row(row) if row else None
-
-    def put_pending(self, user: str, sealed: bytes, algorithm: str, digits: int, period: int, now: float) -> None:
-        self._db.execute(
-            "INSERT INTO accounts (user, created, pending_secret, pending_algorithm, pending_digits, pending_period)"
-            " VALUES (?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (user) DO UPDATE SET pending_secret = excluded.pending_secret,"
-            " pending_algorithm = excluded.pending_algorithm, pending_digits = excluded.pending_digits,"
-            " pending_period = excluded.pending_period",
-            (user, now, sealed, algorithm, digits, period),
-        )
-
-    def activate_pending(self, user: str, now: float, keep_replay_state: bool = False) -> bool:
-        cursor = self._db.execute(
-            "UPDATE accounts SET secret = pending_secret, algorithm = pending_algorithm,"
-            " digits = pending_digits, period = pending_period, last_step = CASE WHEN ? THEN last_step ELSE -1 END, failures = 0,"
-            " locked_until = 0, locked = 0, confirmed = ?, pending_secret = NULL,"
-            " pending_algorithm = NULL, pending_digits = NULL, pending_period = NULL"
-            " WHERE user = ? AND pending_secret IS NOT NULL",
-            (int(keep_replay_state), now, user),
-        )
-        return cursor.rowcount == 1
-
-    def advance_step(self, user: str, step: int) -> bool:
-        cursor = self._db.execute(
-            "UPDATE accounts SET last_step = ?, failures = 0, locked_until = 0"
-            " WHERE user = ? AND last_step < ? AND locked = 0",
-            (step, user, step),
-        )
-        return cursor.rowcount == 1
-
-    def set_failures(self, user: str, failures: int, locked_until: float, locked: bool) -> None:
-        self._db.execute(
-            "UPDATE accounts SET failures = ?, locked_until = ?, locked = ? WHERE user = ?",
-            (failures, locked_until, int(locked), user),
-        )
-
-    def delete(self, user: str) -> bool:
-        self._db.execute("DELETE FROM recovery_codes WHERE user = ?", (user,))
-        return self._db.execute("DELETE FROM accounts WHERE user = ?", (user,)).rowcount == 1
-
-    def recovery_hashes(self, user: str) -> list[tuple[int, str]]:
-        return self._db.execute("SELECT id, hash FROM recovery_codes WHERE user = ? ORDER BY id", (user,)).fetchall()
-
-    def replace_recovery_codes(self, user: str, hashes: list[str]) -> None:
-        self._db.execute("DELETE FROM recovery_codes WHERE user = ?", (user,))
-        self._db.executemany(
-            "INSERT INTO recovery_codes (user, id, hash) VALUES (?, ?, ?)",
-            [(user, index, value) for index, value in enumerate(hashes)],
-        )
-
-    def use_recovery_code(self, user: str, code_id: int) -> bool:
-        cursor = self._db.execute("DELETE FROM recovery_codes WHERE user = ? AND id = ?", (user, code_id))
-        return cursor.rowcount == 1
-
-    def count(self) -> int:
-        return self._db.execute("SELECT count(*) FROM accounts").fetchone()[0]
-
-    def page(self, offset: int, limit: int) -> list[tuple[Account, int]]:
-        rows = self._db.execute(
-            f"SELECT {_COLUMNS}, (SELECT count(*) FROM recovery_codes r WHERE r.user = a.user)"
-            " FROM accounts a ORDER BY user LIMIT ? OFFSET ?",
-            (limit, offset),
-        ).fetchall()
-        return [(Account.from_row(row), row[15]) for row in rows]
-
-    def restore(self, account: Account, recovery: list[tuple[int, str]]) -> None:
-        self.delete(account.user)
-        self._db.execute(
-            f"INSERT INTO accounts ({_COLUMNS}) VALUES ({', '.join('?' * 15)})",
-            (
-                account.user, account.secret, account.algorithm, account.digits, account.period, account.last_step,
-                account.failures, account.locked_until, int(account.locked), account.created, account.confirmed,
-                account.pending_secret, account.pending_algorithm, account.pending_digits, account.pending_period,
-            ),
-        )
-        self._db.executemany(
-            "INSERT INTO recovery_codes (user, id, hash) VALUES (?, ?, ?)",
-            [(account.user, code_id, value) for code_id, value in recovery],
-        )
-
-    def get_meta(self, key: str) -> bytes | None:
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else None
-
-    def set_meta(self, key: str, value: bytes) -> None:
-        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
-
 
 def _full_hint(path: str, exc: sqlite3.Error) -> str:
     """Say that the disk is full when it is: SQLite reports some writes that found no
@@ -193,8 +100,8 @@ def _prefill_wal(path: str) -> None:
     SQLite appends to its log until a checkpoint lets it start over at the front, and
     deletes the log when the last connection closes, so a daemon starts with an empty
     one. An append changes the file's size: each commit's fdatasync then also commits
-    the file system's journal, twice the cost of syncing blocks that already exist
-    (276 vs 139 us here, docs/performance.md). PostgreSQL zero-fills its WAL segments
+    the file system's journal, about twice the cost of syncing blocks that already
+    exist (docs/performance.md, "Second round"). PostgreSQL zero-fills its WAL segments
     for the same reason. With the log empty (no frames, as after a TRUNCATE
     checkpoint), SQLite's next transaction writes a new header at the front and its
     frames after it, over the zeros, which never pass as frames (they fail the
@@ -231,6 +138,27 @@ def _prefill_wal(path: str) -> None:
         os.close(fd)
 
 
+class _Job(NamedTuple):
+    """Work for the store's thread: a batch of units, or one read (`units` of one)."""
+
+    units: list[Callable]
+    done: Callable[[list[Outcome]], None]
+    read: bool = False
+
+
+class _Failed(Exception):
+    """The batch's transaction is gone (BEGIN, COMMIT or SQLite itself rolled it back):
+    every unit gets `error`."""
+
+    def __init__(self, error: StoreUnavailable) -> None:
+        self.error = error
+
+
+def _resolving(future: concurrent.futures.Future) -> Callable[[list[Outcome]], None]:
+    """A job's `done` that settles `future` with its one unit's outcome."""
+    return lambda outcomes: resolve(future, *outcomes[0][1:])
+
+
 def _answer(done: Callable[[list[Outcome]], None], outcomes: list[Outcome]) -> None:
     try:
         done(outcomes)
@@ -252,9 +180,9 @@ class SQLiteStore(Store):
         _create_private_file(path)
         if problem := private_file_problem(os.stat(path), "the database"):
             raise StoreError(f"{path}: {problem}")
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        # Who uses the connection: the store thread for its batches, or a run_here()
-        # batch in the caller's thread, from its BEGIN to its COMMIT.
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        # Held by whoever uses the connection: the store thread for a job, or the
+        # loop's thread for a batch (from its BEGIN to its COMMIT) or a read.
         self._conn_lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._closed = False
@@ -263,7 +191,7 @@ class SQLiteStore(Store):
         self._thread.start()
         started.result()  # re-raises an error from opening, migrating or the key check
 
-    # -- the store thread ------------------------------------------------------------
+    # -- opening -------------------------------------------------------------------------
 
     def _open(self) -> sqlite3.Connection:
         try:
@@ -311,6 +239,8 @@ class SQLiteStore(Store):
                     conn.execute("ROLLBACK")
                 raise
 
+    # -- the store thread ------------------------------------------------------------
+
     def _serve(self, started: concurrent.futures.Future[None], key_check: Callable[[Transaction], None]) -> None:
         try:
             conn = self._open()
@@ -326,105 +256,124 @@ class SQLiteStore(Store):
             started.set_exception(exc)
             return
         self._conn = conn
-        self._run_batch(conn, [([key_check], lambda outcomes: resolve(started, *outcomes[0][1:]))])
+        resolve(started, *self._execute(conn, [key_check])[0][1:])
         if started.exception() is not None:
             conn.close()
             return
         try:
-            while True:
-                item = self._queue.get()
-                if item is None:
-                    break
-                batch, size = [item], len(item[0])
+            while (job := self._queue.get()) is not None:
+                jobs, size = [job], len(job.units)
                 while size < MAX_BATCH:
                     try:
-                        item = self._queue.get_nowait()
+                        job = self._queue.get_nowait()
                     except queue.Empty:
                         break
-                    if item is None:
+                    if job is None:
                         self._queue.put(None)
                         break
-                    batch.append(item)
-                    size += len(item[0])
-                self._conn_lock.acquire()  # a run_here() batch holds it until its commit is done
-                try:
-                    self._run_batch(conn, batch)
-                finally:
-                    self._conn_lock.release()
+                    jobs.append(job)
+                    size += len(job.units)
+                with self._conn_lock:  # a batch or read of the loop's thread holds it until it is done
+                    self._run_jobs(conn, jobs)
         finally:
             conn.close()
 
-    def _run_batch(self, conn: sqlite3.Connection, batch: list[tuple[list, Callable[[list[Outcome]], None]]]) -> None:
-        """Run every unit of every item in one transaction, commit once, then answer each item."""
-        if not self._begin(conn, batch):
-            return
-        self._commit(conn, batch, [self._run_units(conn, units) for units, _ in batch])
+    def _run_jobs(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
+        """Every batch's units in one transaction, each answered after the commit; then the
+        reads, which so see every write queued before them."""
+        batches = [job for job in jobs if not job.read]
+        if batches:
+            outcomes = self._execute(conn, [work for job in batches for work in job.units])
+            first = 0
+            for job in batches:
+                mine = outcomes[first : first + len(job.units)]
+                _answer(job.done, [(index - first, value, error) for index, value, error in mine])
+                first += len(job.units)
+        for job in jobs:
+            if job.read:
+                _answer(job.done, [(0, *self._read(conn, job.units[0]))])
 
-    def _begin(self, conn: sqlite3.Connection, batch: list[tuple[list, Callable[[list[Outcome]], None]]]) -> bool:
+    # -- a batch, a read ----------------------------------------------------------------
+
+    def _execute(self, conn: sqlite3.Connection, units: list[Callable[[Transaction], object]]) -> list[Outcome]:
+        """Run the units in one transaction and commit once: every unit's outcome."""
+        failed: dict[int, BaseException] = {}
+        try:
+            values = self._attempt(conn, units, failed, savepoints=False)
+            if values is None:  # a unit raised: once more without it (the module's docstring)
+                values = self._attempt(conn, units, failed, savepoints=True)
+                assert values is not None
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback(conn)
+                raise _Failed(StoreUnavailable(f"{self.path}: cannot commit: {exc}")) from None
+        except _Failed as failure:
+            return [(index, None, failure.error) for index in range(len(units))]
+        return [(index, None, failed[index]) if index in failed else (index, values[index], None) for index in range(len(units))]
+
+    def _attempt(
+        self,
+        conn: sqlite3.Connection,
+        units: list[Callable[[Transaction], object]],
+        failed: dict[int, BaseException],
+        savepoints: bool,
+    ) -> dict[int, object] | None:
+        """One run of the units not `failed` yet, in a new transaction left open for the
+        COMMIT: their values, or None once one raised (added to `failed`, the transaction
+        rolled back). With `savepoints`, one that raises is rolled back alone instead."""
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            error = StoreUnavailable(f"{self.path}: cannot start a transaction: {exc}")
-            for units, done in batch:
-                _answer(done, [(index, None, error) for index in range(len(units))])
-            return False
-        return True
-
-    def _run_units(self, conn: sqlite3.Connection, units: list[Callable[[Transaction], object]]) -> list[Outcome]:
-        """Each unit in its own savepoint: one that raises is rolled back alone."""
-        tx = SQLiteTransaction(conn)
-        outcomes: list[Outcome] = []
+            raise _Failed(StoreUnavailable(f"{self.path}: cannot start a transaction: {exc}")) from None
+        tx = SQLTransaction(conn, SQL)
+        values: dict[int, object] = {}
         for index, work in enumerate(units):
+            if index in failed:
+                continue
             try:
-                conn.execute("SAVEPOINT unit")
-                value = work(tx)
-                conn.execute("RELEASE unit")
-                outcomes.append((index, value, None))
-            except BaseException as exc:  # noqa: BLE001 - each unit fails alone
+                if savepoints:
+                    conn.execute("SAVEPOINT unit")
+                values[index] = work(tx)
+                if savepoints:
+                    conn.execute("RELEASE unit")
+            except BaseException as exc:  # noqa: BLE001 - handed to the unit's caller
+                failed[index] = StoreUnavailable(f"{self.path}: {exc}") if isinstance(exc, sqlite3.Error) else exc
+                if not conn.in_transaction:  # SQLite rolled it all back itself (a full disk, an I/O error)
+                    raise _Failed(StoreUnavailable(f"{self.path}: {exc}")) from None
+                if not savepoints:
+                    self._rollback(conn)
+                    return None
                 try:
                     conn.execute("ROLLBACK TO unit")
                     conn.execute("RELEASE unit")
-                except sqlite3.Error:
-                    pass
-                if isinstance(exc, sqlite3.Error):
-                    exc = StoreUnavailable(f"{self.path}: {exc}")
-                outcomes.append((index, None, exc))
-        return outcomes
+                except sqlite3.Error as error:
+                    self._rollback(conn)
+                    raise _Failed(StoreUnavailable(f"{self.path}: {error}")) from None
+        return values
 
-    def _commit(
-        self,
-        conn: sqlite3.Connection,
-        batch: list[tuple[list, Callable[[list[Outcome]], None]]],
-        answers: list[list[Outcome]],
-    ) -> None:
-        """Commit once (one fsync for the whole batch), then answer: never before."""
+    def _rollback(self, conn: sqlite3.Connection) -> None:
         try:
-            conn.execute("COMMIT")
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # no transaction left to roll back
+
+    def _read(self, conn: sqlite3.Connection, work: Callable[[Reader], object]) -> tuple[object, BaseException | None]:
+        try:
+            return work(SQLReader(conn, SQL)), None
         except sqlite3.Error as exc:
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            error = StoreUnavailable(f"{self.path}: cannot commit: {exc}")
-            answers = [[(index, None, error) for index, _, _ in outcomes] for outcomes in answers]
-        for (_, done), outcomes in zip(batch, answers):
-            _answer(done, outcomes)
+            return None, StoreUnavailable(f"{self.path}: {exc}")
+        except BaseException as exc:  # noqa: BLE001 - handed to the read's caller
+            return None, exc
 
-    def run_here(self, units: list[Callable[[Transaction], object]], done: Callable[[list[Outcome]], None]) -> bool:
-        """Run the units and commit them in the calling thread, now; call `done` before returning.
+    # -- the interface ----------------------------------------------------------------------
 
-        For the daemon's event loop: one batch per loop turn, run and committed
-        without a thread hop. Handing the COMMIT to the store thread instead let the
-        loop read the next requests during the fsync, but the two threads then passed
-        the GIL back and forth around every system call; committing here measured
-        10-25% more verifications per second at 16 and 64 clients, with a lower p99
-        (docs/performance.md). Requests that arrive during the fsync wait in their
-        sockets and form the next batch. A slow disk therefore stalls the whole loop
-        (pings, accepts, D-Bus) for each fsync, where before only the requests
-        waiting on the store did; a disk that hangs stops the watchdog's pings, and
-        systemd restarts the daemon. False (nothing done) while the store thread
-        holds the connection for work submitted from elsewhere; the caller retries.
-        """
+    def run_batch_here(self, units: list[Callable[[Transaction], object]], done: Callable[[list[Outcome]], None]) -> bool:
+        """For the daemon's event loop: the batch runs and commits in its thread, without a
+        thread hop or the GIL passed around every system call; requests that arrive during
+        the fsync wait in their sockets and form the next batch (docs/performance.md). A
+        disk that hangs therefore stalls the loop, its watchdog pings with it, and systemd
+        restarts the daemon. False while the store thread holds the connection."""
         if self._closed:
             error = StoreUnavailable("the store is closed")
             done([(index, None, error) for index in range(len(units))])
@@ -432,27 +381,46 @@ class SQLiteStore(Store):
         if not self._conn_lock.acquire(blocking=False):
             return False
         try:
-            conn = self._conn
-            assert conn is not None
-            if self._begin(conn, [(units, done)]):
-                self._commit(conn, [(units, done)], [self._run_units(conn, units)])
+            assert self._conn is not None
+            outcomes = self._execute(self._conn, units)
         finally:
             self._conn_lock.release()
+        done(outcomes)
         return True
 
-    # -- the public side ---------------------------------------------------------------
+    def read_here(self, work: Callable[[Reader], object], done: Settle) -> bool:
+        if self._closed:
+            done(None, StoreUnavailable("the store is closed"))
+            return True
+        if not self._conn_lock.acquire(blocking=False):
+            return False
+        try:
+            assert self._conn is not None
+            value, error = self._read(self._conn, work)
+        finally:
+            self._conn_lock.release()
+        done(value, error)
+        return True
 
     def submit(self, work: Callable[[Transaction], T]) -> concurrent.futures.Future[T]:
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self.submit_batch([work], lambda outcomes: resolve(future, *outcomes[0][1:]))
+        self._put(_Job([work], _resolving(future)))
         return future
 
     def submit_batch(self, units: list[Callable[[Transaction], object]], done: Callable[[list[Outcome]], None]) -> None:
+        self._put(_Job(units, done))
+
+    def read(self, work: Callable[[Reader], T]) -> concurrent.futures.Future[T]:
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._put(_Job([work], _resolving(future), read=True))
+        return future
+
+    def _put(self, job: _Job) -> None:
         if self._closed:
             error = StoreUnavailable("the store is closed")
-            done([(index, None, error) for index in range(len(units))])
-            return
-        self._queue.put((units, done))
+            job.done([(index, None, error) for index in range(len(job.units))])
+        else:
+            self._queue.put(job)
 
     def close(self) -> None:
         if not self._closed:

@@ -1,0 +1,266 @@
+"""The store layer (totpd/store/): one interface, the SQL once, and the statements a login costs.
+
+The interface tests run on the embedded SQLite store and on PostgreSQL (the session's
+throwaway cluster, a fresh database each); the statement counts read SQLite's own
+trace of what it ran.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import pytest
+
+from totpd import otp
+from totpd.audit import Audit
+from totpd.config import Config
+from totpd.errors import StoreUnavailable
+from totpd.protocol import Reply, Request
+from totpd.sealing import Sealer, key_check, load_key, secret_context
+from totpd.service import Caller, Service
+from totpd.store import Account, Batcher, Reader, StoreOptions, Transaction, open_store
+
+KEY = bytes(range(32))
+ROOT = Caller(pid=1, uid=0, gid=0)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        return str(tmp_path / "state" / "totpd.db")
+    cluster = request.getfixturevalue("postgres")
+    return cluster.dsn(request.getfixturevalue("pg_database"))
+
+
+@pytest.fixture
+def store(database):
+    opened = open_store(database, key_check(Sealer(KEY)), StoreOptions())
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def sqlite_store(tmp_path):
+    opened = open_store(str(tmp_path / "state" / "totpd.db"), key_check(Sealer(KEY)), StoreOptions())
+    yield opened
+    opened.close()
+
+
+def enroll(tx: Transaction, user: str, secret: bytes = b"s" * 20) -> None:
+    tx.put_pending(user, Sealer(KEY).seal(secret, secret_context(user)), "SHA1", 6, 30, 1000.0)
+    tx.activate_pending(user, 1001.0)
+
+
+class Statements:
+    """What SQLite ran on the store's connection, by first word, from the moment it is made."""
+
+    def __init__(self, store) -> None:
+        self.all: list[str] = []
+        store._conn.set_trace_callback(self.all.append)
+
+    def verbs(self) -> list[str]:
+        return [statement.split()[0].upper() for statement in self.all]
+
+
+def batch(store, *units):
+    """Every unit submitted in one loop turn through the Batcher: their outcomes (value or exception)."""
+
+    async def run():
+        batcher = Batcher(store)
+        return await asyncio.gather(*(batcher.submit(unit) for unit in units), return_exceptions=True)
+
+    return asyncio.run(run())
+
+
+def read(store, work):
+    async def run():
+        return await Batcher(store).read(work)
+
+    return asyncio.run(run())
+
+
+# -- one interface, both backends -----------------------------------------------------
+
+
+def test_every_operation_does_the_same_on_both_backends(store):
+    def write(tx: Transaction) -> None:
+        enroll(tx, "bob")
+        enroll(tx, "alice")
+        tx.put_pending("carol", b"sealed-pending", "SHA256", 8, 60, 1000.0)
+        tx.replace_recovery_codes("alice", ["h0", "h1", "h2"])
+        tx.set_meta("note", b"\x00\xff")
+
+    store.run(write)
+    alice = read(store, lambda tx: tx.get("alice"))
+    assert isinstance(alice, Account) and alice.active and alice.last_step == -1 and alice.locked is False
+    assert (alice.algorithm, alice.digits, alice.period, alice.confirmed) == ("SHA1", 6, 30, 1001.0)
+    carol = read(store, lambda tx: tx.get("carol"))
+    assert not carol.active and (carol.pending_algorithm, carol.pending_digits, carol.pending_period) == ("SHA256", 8, 60)
+
+    assert store.run(lambda tx: tx.advance_step("alice", 5)) is True
+    assert store.run(lambda tx: tx.advance_step("alice", 5)) is False  # only a later step
+    store.run(lambda tx: tx.set_failures("bob", 3, 2000.5, True))
+    assert store.run(lambda tx: tx.advance_step("bob", 9)) is False  # never while hard-locked
+    assert store.run(lambda tx: tx.use_recovery_code("alice", 1)) is True
+    assert store.run(lambda tx: tx.use_recovery_code("alice", 1)) is False
+
+    bob = read(store, lambda tx: tx.get("bob"))
+    assert (bob.failures, bob.locked_until, bob.locked) == (3, 2000.5, True)
+    assert read(store, lambda tx: tx.recovery_hashes("alice")) == [(0, "h0"), (2, "h2")]
+    assert read(store, lambda tx: (tx.count(), [(a.user, left) for a, left in tx.page(0, 10)])) == (
+        3, [("alice", 2), ("bob", 0), ("carol", 0)]
+    )
+    assert read(store, lambda tx: [a.user for a, _ in tx.page(1, 1)]) == ["bob"]
+    assert read(store, lambda tx: tx.get_meta("note")) == b"\x00\xff"
+    assert read(store, lambda tx: tx.get_meta("absent")) is None
+
+    copy = alice._replace(user="dave", last_step=7, locked=True)
+    store.run(lambda tx: tx.restore(copy, [(4, "h4")]))
+    assert read(store, lambda tx: (tx.get("dave"), tx.recovery_hashes("dave"))) == (copy, [(4, "h4")])
+    assert store.run(lambda tx: tx.delete("dave")) is True
+    assert read(store, lambda tx: (tx.get("dave"), tx.recovery_hashes("dave"))) == (None, [])
+    assert store.run(lambda tx: tx.delete("dave")) is False
+
+
+def test_a_unit_that_raises_leaves_nothing_written_and_its_batch_commits_the_rest(store):
+    store.run(lambda tx: (enroll(tx, "alice"), enroll(tx, "bob"), enroll(tx, "carol")))
+    read(store, lambda tx: tx.get("alice"))  # a PostgreSQL read leaves its connection as it found it
+
+    def broken(tx: Transaction) -> None:
+        tx.set_failures("bob", 7, 0.0, False)
+        raise ValueError("a bug in a unit")
+
+    outcomes = batch(store, lambda tx: tx.advance_step("alice", 3), broken, lambda tx: tx.advance_step("carol", 4))
+    assert outcomes[0] is True and outcomes[2] is True
+    assert isinstance(outcomes[1], ValueError)
+    after = read(store, lambda tx: [tx.get(user) for user in ("alice", "bob", "carol")])
+    assert [account.last_step for account in after] == [3, -1, 4]
+    assert after[1].failures == 0
+
+
+def test_a_read_gets_no_write_methods(store):
+    store.run(lambda tx: enroll(tx, "alice"))
+    with pytest.raises(AttributeError):
+        read(store, lambda tx: tx.advance_step("alice", 10))
+    assert read(store, lambda tx: tx.get("alice")).last_step == -1
+    assert isinstance(read(store, lambda tx: tx), Reader) and not isinstance(read(store, lambda tx: tx), Transaction)
+
+
+def test_a_closed_store_answers_every_unit_and_read_unavailable(store):
+    store.close()
+    assert isinstance(batch(store, lambda tx: tx.get("alice"))[0], StoreUnavailable)
+    with pytest.raises(StoreUnavailable):
+        read(store, lambda tx: tx.get("alice"))
+    with pytest.raises(StoreUnavailable):
+        store.run(lambda tx: tx.get("alice"))
+
+
+# -- the statements a login costs (SQLite's trace) ----------------------------------------
+
+
+def test_a_check_is_one_select_and_nothing_else(sqlite_store):
+    sqlite_store.run(lambda tx: enroll(tx, "alice"))
+    statements = Statements(sqlite_store)
+    assert read(sqlite_store, lambda tx: tx.get("alice")).user == "alice"
+    assert statements.verbs() == ["SELECT"], statements.all
+
+
+def test_a_batch_of_verifications_is_one_select_and_one_update_each_between_one_begin_and_one_commit(sqlite_store):
+    users = [f"user{index}" for index in range(5)]
+    sqlite_store.run(lambda tx: [enroll(tx, user) for user in users])
+    statements = Statements(sqlite_store)
+
+    def judge(user: str):
+        def unit(tx: Transaction) -> bool:
+            account = tx.get(user)
+            assert account is not None
+            return tx.advance_step(user, account.last_step + 10)
+
+        return unit
+
+    assert batch(sqlite_store, *(judge(user) for user in users)) == [True] * 5
+    assert statements.verbs() == ["BEGIN", *["SELECT", "UPDATE"] * 5, "COMMIT"], statements.all
+
+
+def test_a_login_costs_the_service_one_select_then_one_select_and_one_update(tmp_path):
+    config = Config(
+        database=str(tmp_path / "state" / "totpd.db"), key_file=str(tmp_path / "state" / "master.key"),
+        check_accounts=False, audit="stderr", dbus="off",
+    )
+    os.makedirs(tmp_path / "state", mode=0o700)
+    sealer = Sealer(load_key(config.key_file, create=True))
+    store = open_store(config.database, key_check(sealer), StoreOptions())
+    secret = otp.new_secret()
+    store.run(lambda tx: (tx.put_pending("alice", sealer.seal(secret, secret_context("alice")), "SHA1", 6, 30, 0.0),
+                          tx.activate_pending("alice", 0.0)))
+    service = Service(config, store, sealer, Audit(config.audit))
+    code = otp.code_at_step(secret, otp.Params(), otp.time_step(time.time(), otp.Params()))
+    statements = Statements(store)
+
+    async def login() -> tuple[Reply, list[str], Reply]:
+        check = await service.handle(Request("check", {"user": "alice", "service": "sshd"}), ROOT)
+        read = statements.verbs()
+        verify = await service.handle(Request("verify", {"user": "alice", "code": code, "service": "sshd"}), ROOT)
+        return check, read, verify
+
+    try:
+        check, read, verify = asyncio.run(login())
+    finally:
+        service.close()
+        store.close()
+    assert check.status == "NEED_CODE" and read == ["SELECT"], statements.all  # no transaction for a check
+    assert verify.status == "ACCEPTED"
+    assert statements.verbs()[1:] == ["BEGIN", "SELECT", "UPDATE", "COMMIT"], statements.all
+
+
+def test_a_unit_that_raises_makes_the_batch_replay_without_it_and_its_writes_are_gone(sqlite_store):
+    sqlite_store.run(lambda tx: [enroll(tx, user) for user in ("alice", "bob", "carol")])
+    statements = Statements(sqlite_store)
+
+    def broken(tx: Transaction) -> None:
+        tx.set_failures("bob", 7, 0.0, False)
+        raise ValueError("a bug in a unit")
+
+    outcomes = batch(sqlite_store, lambda tx: tx.advance_step("alice", 3), broken, lambda tx: tx.advance_step("carol", 4))
+    assert outcomes[0] is True and isinstance(outcomes[1], ValueError) and outcomes[2] is True
+    # The first run stops at the unit that raised; the replay leaves it out, each unit
+    # in a savepoint of its own, and commits the rest once.
+    assert statements.verbs() == [
+        "BEGIN", "UPDATE", "UPDATE", "ROLLBACK",
+        "BEGIN", "SAVEPOINT", "UPDATE", "RELEASE", "SAVEPOINT", "UPDATE", "RELEASE", "COMMIT",
+    ], statements.all
+    accounts = read(sqlite_store, lambda tx: [tx.get(user) for user in ("alice", "bob", "carol")])
+    assert [(account.last_step, account.failures) for account in accounts] == [(3, 0), (-1, 0), (4, 0)]
+
+
+def test_a_second_unit_that_raises_in_the_replay_is_rolled_back_alone(sqlite_store):
+    sqlite_store.run(lambda tx: [enroll(tx, user) for user in ("alice", "bob", "carol")])
+    runs = []
+
+    def flaky(tx: Transaction) -> None:  # succeeds the first time, raises on the replay
+        runs.append(1)
+        tx.set_failures("carol", 5, 0.0, False)
+        if len(runs) > 1:
+            raise KeyError("carol")
+
+    def broken(tx: Transaction) -> None:
+        raise ValueError("a bug in a unit")
+
+    outcomes = batch(sqlite_store, flaky, broken, lambda tx: tx.advance_step("alice", 3))
+    assert isinstance(outcomes[0], KeyError) and isinstance(outcomes[1], ValueError) and outcomes[2] is True
+    assert len(runs) == 2  # one replay, never a third run
+    assert read(sqlite_store, lambda tx: (tx.get("carol").failures, tx.get("alice").last_step)) == (0, 3)
+
+
+def test_units_submitted_from_another_thread_run_on_the_store_thread_in_one_transaction(sqlite_store):
+    sqlite_store.run(lambda tx: [enroll(tx, user) for user in ("alice", "bob")])
+    statements = Statements(sqlite_store)
+    results: list = []
+    sqlite_store.submit_batch(
+        [lambda tx: tx.advance_step("alice", 1), lambda tx: tx.advance_step("bob", 1)], results.extend
+    )
+    assert sqlite_store.read(lambda tx: tx.get("bob")).result().last_step == 1  # queued behind the batch
+    assert results == [(0, True, None), (1, True, None)]
+    assert statements.verbs() == ["BEGIN", "UPDATE", "UPDATE", "COMMIT", "SELECT"], statements.all
