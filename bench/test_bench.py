@@ -235,7 +235,7 @@ def test_the_in_process_bench_answers_every_login_and_profiles_one_round(tmp_pat
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("replies {'NEED_CODE': 400} {'ACCEPTED': 400}") == 3  # two rounds, one profiled
     assert "median of 2 rounds" in out.stdout and "verify" in out.stdout
-    assert "judge_totp" in out.stdout and "decode_request" in out.stdout  # the call tree of the profiled round
+    assert "totpd/login.py" in out.stdout and "decode_request" in out.stdout  # the call tree of the profiled round
     assert list(tmp_path.iterdir()) == []  # its scratch database is gone
 
 
