@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 from totpd import otp  # noqa: E402
 from totpd.audit import Audit  # noqa: E402
 from totpd.config import Config  # noqa: E402
-from totpd.server import Daemon  # noqa: E402
+from totpd.server import Daemon, eager_tasks  # noqa: E402
 from totpd.protocol import HEADER_SIZE, Reply, encode_reply, encode_request  # noqa: E402
 from totpd.sealing import Sealer, load_key  # noqa: E402
 from totpd.sealing import key_check, secret_context  # noqa: E402
@@ -94,6 +94,7 @@ async def measure(args: argparse.Namespace, directory: str) -> int:
     service = Service(config, store, sealer, Audit(config.audit))
     daemon = Daemon(config, service)
     daemon.loop = asyncio.get_running_loop()
+    eager_tasks(daemon.loop)  # as Daemon.serve does
     rounds: list[tuple[float, float]] = []
     clean = True
 

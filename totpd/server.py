@@ -236,8 +236,7 @@ class Daemon:
 
     async def serve(self, sock: socket.socket, owns_path: bool) -> None:
         self.loop = asyncio.get_running_loop()
-        if hasattr(asyncio, "eager_task_factory"):  # Python 3.12+: a request runs until its first wait at once
-            self.loop.set_task_factory(asyncio.eager_task_factory)
+        eager_tasks(self.loop)
         sock.setblocking(False)
         self._listener = sock
         self.loop.add_reader(sock.fileno(), self._accept)
@@ -372,6 +371,12 @@ class Daemon:
         if not self._in_flight:
             self._idle.set()
         done(reply)
+
+
+def eager_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    """On Python 3.12+, a request's task runs at once, up to its first wait, without a loop turn first."""
+    if hasattr(asyncio, "eager_task_factory"):
+        loop.set_task_factory(asyncio.eager_task_factory)
 
 
 def freeze_startup_heap() -> None:
