@@ -37,9 +37,15 @@ def canonical(name: str) -> str:
     An unknown name is kept as given: it can match no account that NSS resolves (the
     store holds canonical names only), so it reaches the unknown-user answer.
     """
+    found = _resolve(name)
+    return name if found is None else found
+
+
+def _resolve(name: str) -> str | None:
+    """The canonical name for `name`, or None where NSS knows no such account."""
     entry = lookup(name)
     if entry is None:
-        return name
+        return None
     try:
         return pwd.getpwuid(entry.pw_uid).pw_name
     except KeyError:
@@ -48,8 +54,8 @@ def canonical(name: str) -> str:
 
 def canonical_names(names: tuple[str, ...]) -> tuple[tuple[str, ...], bool]:
     """`names` (a policy list) in canonical names, and whether NSS knew every one."""
-    resolved = tuple(canonical(name) for name in names)
-    return resolved, all(lookup(name) is not None for name in names)
+    found = [_resolve(name) for name in names]
+    return tuple(name if each is None else each for name, each in zip(names, found)), None not in found
 
 
 def canonical_rules(rules: "Rules") -> tuple["Rules", bool]:
