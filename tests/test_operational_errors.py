@@ -1,7 +1,7 @@
 """Every fault an admin meets at start-up or at the command line: one line, never a traceback.
 
 Each row of the tables below breaks one thing, runs the real `totpd` or `totpctl`
-as a process, and expects a non-zero exit with the documented code (totpd(8): 1;
+as a process, and expects a non-zero exit with the documented code (totpd(8): 1, 130 interrupted;
 totpctl(8): 1 refused, 2 usage or input, 3 unreachable, 130 interrupted) and
 exactly one line on stderr that names the thing at fault. Faults of permission run
 as root without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH (setpriv), so the kernel
@@ -38,14 +38,14 @@ class Run:
     command: list[str]
     env: dict[str, str] = dataclasses.field(default_factory=lambda: _env())
     user: int | None = None
-    interrupt: bool = False  # send SIGINT once it waits for its standard input
+    interrupt: str = ""  # send SIGINT once it waits here (a /proc/PID/wchan suffix)
 
 
 @dataclasses.dataclass
 class Setup:
     top: Path  # a temp dir for this fault
     make_daemon: Callable[..., DaemonProcess]
-    servers: list[socket.socket]  # fake daemons, closed after the test
+    servers: list[socket.socket | sqlite3.Connection]  # fake daemons and held locks, closed after the test
     daemons: list[DaemonProcess] = dataclasses.field(default_factory=list)
 
     def daemon(self, **settings: object) -> DaemonProcess:
@@ -158,6 +158,16 @@ def _full_disk(size: str) -> Callable[[Setup], Run]:
     return make
 
 
+def _database_locked(setup: Setup) -> Run:
+    """totpd waiting at start-up for a database another process holds locked (a backup, a migration)."""
+    setup.daemon().stop()  # the database and key it made, in its own directory
+    run = _totpd(setup.daemons[0].config_path)
+    lock = sqlite3.connect(setup.daemons[0].workdir / "state" / "totpd.db", isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")
+    setup.servers.append(lock)
+    return dataclasses.replace(run, interrupt="futex_do_wait")  # waiting for the store to open
+
+
 def _socket_taken(setup: Setup) -> Run:
     path = setup.top / "taken.sock"
     _listen(setup, path)
@@ -197,6 +207,7 @@ DAEMON_FAULTS = [
     # An unprivileged daemon may give its socket only to a group it is a member of.
     Fault("socket group not the daemon's", lambda s: _daemon(s, ("setpriv", "--bounding-set=-chown", "--"), socket_group="daemon"),
           1, ("socket_group", "'daemon'", "Operation not permitted")),
+    Fault("interrupted during start-up (Control-C)", _database_locked, 130, ("interrupted",)),
 ]
 
 
@@ -280,7 +291,7 @@ CTL_FAULTS = [
     Fault("enroll without segno", lambda s: _without("segno", _ctl(s.daemon().socket_path, "enroll", "alice"), s), 2,
           ("needs segno", "apt install python3-segno"), _not_enrolled),
     Fault("interrupted (Control-C)",
-          lambda s: dataclasses.replace(_ctl(s.top / "t.sock", "enroll", "alice", "--secret-file", "-"), interrupt=True),
+          lambda s: dataclasses.replace(_ctl(s.top / "t.sock", "enroll", "alice", "--secret-file", "-"), interrupt="pipe_read"),
           130, ("interrupted",)),
 ]
 
@@ -303,7 +314,7 @@ def _run(run: Run) -> tuple[int, str]:
     process = subprocess.Popen(run.command, env=run.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, cwd="/", **kwargs)
     if run.interrupt:
-        _wait_reading_stdin(process.pid)
+        _wait_in(process.pid, run.interrupt)
         process.send_signal(signal.SIGINT)
     try:
         _, stderr = process.communicate(timeout=60)
@@ -314,14 +325,15 @@ def _run(run: Run) -> tuple[int, str]:
     return process.returncode, stderr
 
 
-def _wait_reading_stdin(pid: int) -> None:
-    """Until the process blocks reading its stdin pipe (so Python's SIGINT handler is set)."""
+def _wait_in(pid: int, wchan: str) -> None:
+    """Until the process blocks in the kernel function `wchan` names (so Python's SIGINT
+    handler is set); "pipe_read" is its standard input (anon_pipe_read on newer kernels)."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        if Path(f"/proc/{pid}/wchan").read_text().endswith("pipe_read"):  # anon_pipe_read on newer kernels
+        if Path(f"/proc/{pid}/wchan").read_text().endswith(wchan):
             return
         time.sleep(0.02)
-    pytest.fail("totpctl never waited for its standard input")
+    pytest.fail(f"the process never waited in {wchan}")
 
 
 def _check(fault: Fault, setup: Setup, program: str) -> None:

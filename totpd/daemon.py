@@ -204,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     except TotpdError as exc:
         log.error("%s", exc)
         return 1
+    except KeyboardInterrupt:  # Control-C before serving began; once serving, SIGINT stops it cleanly
+        log.error("interrupted")
+        return 130
     return 0
 
 
