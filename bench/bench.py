@@ -419,12 +419,15 @@ def round_ratio(base: dict, peer: dict, key: str) -> float:
 
 
 def bench_floor(modules: PamModules, count: int) -> list[dict]:
-    """8 PAM clients against bench/floor_server.py: canned answers, then with a group commit."""
+    """8 PAM clients against bench/floor_server.py: canned answers, then with a group
+    commit, then that on asyncio with a task per verification (as totpd/server.py)."""
     rows = []
-    for durable in (False, True):
+    for durable, on_asyncio in ((False, False), (True, False), (True, True)):
         command = [sys.executable, FLOOR_SERVER, str(modules.top / "floor.sock")]
         if durable:
             command += ["--durable", str(modules.top / "floor.log")]
+        if on_asyncio:
+            command += ["--asyncio"]
         server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
         try:
             server.stdout.readline()
@@ -437,11 +440,16 @@ def bench_floor(modules: PamModules, count: int) -> list[dict]:
             server.kill()
             server.wait()
             os.unlink(modules.top / "floor.sock")
-        row.update(module="floor", durable=durable, clients=PAM_CONCURRENCY)
+        row.update(module="floor", durable=durable, asyncio=on_asyncio, clients=PAM_CONCURRENCY)
         rows.append(row)
-        print(f"PAM floor {'+ fdatasync' if durable else 'canned   '} clients={PAM_CONCURRENCY}: {row['per_second']:7.0f}/s"
-              f" p50 {row['p50_ms']:.2f} ms ok {row['ok']}/{row['transactions']}", flush=True)
+        print(f"PAM floor {floor_label(row):<40} clients={PAM_CONCURRENCY}: {row['per_second']:7.0f}/s"
+              f" p50 {row['p50_ms']:.2f} ms, {cpu_per_login_us(row):.0f} us CPU per login,"
+              f" ok {row['ok']}/{row['transactions']}", flush=True)
     return rows
+
+
+def floor_label(row: dict) -> str:
+    return ("fdatasync per batch" if row["durable"] else "canned") + (", asyncio and a task each" if row.get("asyncio") else "")
 
 
 # -- 2-4. the daemon alone, scale, profile -----------------------------------------
@@ -634,8 +642,9 @@ def report(args: argparse.Namespace, pam_rows: list[dict], floor: list[dict], ma
               f" {row['per_second']:,.0f} | {row['p50_ms']:.2f} ms | {row['p99_ms']:.2f} ms |"
               f" {refused} {json.dumps(row['refused']) if refused else ''} | {note} |")
     for row in floor:
-        what = "PAM floor: Python, canned answers" + (", fdatasync per batch" if row["durable"] else "")
-        note = "bench/floor_server.py: no store, no crypto, no audit; a ceiling, not a module"
+        what = "PAM floor: Python, " + floor_label(row)
+        note = (f"bench/floor_server.py: no store, no crypto, no audit; a ceiling, not a module;"
+                f" {cpu_per_login_us(row):.0f} us CPU per login")
         if ("google", row["clients"]) in by:
             note += f"; logins/s = {row['per_second'] / by[('google', row['clients'])]['per_second']:.2f}x google-authenticator"
         print(f"| {what} | {row['clients']} | {row['per_second']:,.0f} | {row['p50_ms']:.2f} ms | {row['p99_ms']:.2f} ms |"
@@ -689,7 +698,7 @@ def report(args: argparse.Namespace, pam_rows: list[dict], floor: list[dict], ma
             checks.append((f"daemon, 64 clients, {row['mode']}: >= {need:,}/s, p99 < 10 ms",
                            f"{row['per_second']:,.0f}/s, p99 {fmt_ms(row['p99_us'])}",
                            row["per_second"] >= need and row["p99_us"] < 10_000))
-    durable_floor = next((row for row in floor if row["durable"]), None)
+    durable_floor = next((row for row in floor if row["durable"] and not row.get("asyncio")), None)
     if ("totpd", 8) in by and durable_floor is not None:
         daemon_us, floor_us = cpu_per_login_us(by[("totpd", 8)]), cpu_per_login_us(durable_floor)
         checks.append(("8 PAM clients: the daemon's CPU per login <= 2x the floor server's with fdatasync (/proc)",
@@ -702,10 +711,15 @@ def report(args: argparse.Namespace, pam_rows: list[dict], floor: list[dict], ma
     for name, value, met in checks:
         print(f"- {'MET ' if met else 'MISSED'} {name}: {value}")
     for row in floor:
-        if row["durable"] and ("google", row["clients"]) in by:
+        if row["durable"] and not row.get("asyncio") and ("google", row["clients"]) in by:
             ratio = row["per_second"] / by[("google", row["clients"])]["per_second"]
             print(f"- ceiling, {row['clients']} PAM clients: a bare Python server with one fdatasync per batch"
                   f" (bench/floor_server.py) made {ratio:.2f}x google-authenticator's logins/s in this run")
+    on_loop = next((row for row in floor if row.get("asyncio")), None)
+    if ("totpd", 8) in by and durable_floor is not None and on_loop is not None:
+        print(f"- CPU per login, {PAM_CONCURRENCY} PAM clients (/proc): the floor with fdatasync"
+              f" {cpu_per_login_us(durable_floor):.0f} us, the same on asyncio with a task per verification"
+              f" {cpu_per_login_us(on_loop):.0f} us, totpd {cpu_per_login_us(by[('totpd', 8)]):.0f} us")
     for phase, label in (("pam", "before each PAM round"), ("daemon", "before the daemon runs")):
         if disk.get(phase):
             print(f"- the disk {label}: 4 KiB pwrite + fdatasync, median"

@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """The floor: the least a Python daemon can do for a PAM login, to measure it by.
 
-    floor_server.py SOCKET [--durable FILE]
+    floor_server.py SOCKET [--durable FILE] [--asyncio]
 
 Speaks totpd's framing (docs/protocol.md) on SOCKET with canned answers: `check`
 gets NEED_CODE, every other request ACCEPTED; no parsing beyond the verb, no store,
 no crypto, no audit line. One thread on a bare epoll loop, no asyncio. With
 `--durable`, the verifications that arrived in one turn of the loop are answered
 only after one 4 KiB write and fdatasync of FILE: a group commit and nothing else.
+With `--asyncio`, the same on asyncio's loop as totpd/server.py drives it (a reader
+callback per connection, a task per verification awaiting its batch's commit): the
+difference between the two is what the standard machinery costs a login.
 
 bench/bench.py drives it with pam_totpd and bench/pamdrive exactly as it drives
 totpd, so the rows it makes are a ceiling for any single-process Python daemon on
@@ -18,6 +21,7 @@ Never a daemon to run: it accepts every code.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import select
 import socket
@@ -80,12 +84,75 @@ def serve(path: str, durable: str | None) -> None:
             conn.send(ACCEPTED)
 
 
+async def serve_asyncio(path: str, durable: str | None) -> None:
+    loop = asyncio.get_running_loop()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    listener.bind(path)
+    listener.listen(512)
+    listener.setblocking(False)
+    log_fd = os.open(durable, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600) if durable else -1
+    block = bytes(4096)
+    waiting: list[asyncio.Future] = []
+    tasks: set[asyncio.Task] = set()
+
+    def commit() -> None:
+        batch = waiting[:]
+        waiting.clear()
+        if log_fd >= 0:
+            os.pwrite(log_fd, block, 0)
+            os.fdatasync(log_fd)
+        for future in batch:
+            future.set_result(None)
+
+    async def verify(conn: socket.socket) -> None:
+        if not waiting:
+            loop.call_soon(commit)
+        waiting.append(loop.create_future())
+        await waiting[-1]
+        conn.send(ACCEPTED)
+
+    def readable(conn: socket.socket) -> None:
+        try:
+            data = conn.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            loop.remove_reader(conn.fileno())
+            conn.close()
+        elif data[8:14] == b"check\n":
+            conn.send(NEED_CODE)
+        else:
+            task = loop.create_task(verify(conn))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except BlockingIOError:
+                return
+            conn.setblocking(False)
+            conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+            loop.add_reader(conn.fileno(), readable, conn)
+
+    loop.add_reader(listener.fileno(), accept)
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("socket")
     parser.add_argument("--durable", help="write and fdatasync this file once per batch of verifications")
+    parser.add_argument("--asyncio", action="store_true", help="serve on asyncio's event loop, a task per verification")
     args = parser.parse_args()
-    serve(args.socket, args.durable)
+    if args.asyncio:
+        asyncio.run(serve_asyncio(args.socket, args.durable))
+    else:
+        serve(args.socket, args.durable)
     return 0
 
 

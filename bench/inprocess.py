@@ -17,7 +17,10 @@ What it leaves out: the sockets and the kernel's wake-ups, the syslog datagram
 (audit lines are formatted, not written), and, with the database on a tmpfs (the
 default, /dev/shm), the fsync: `--dir /var/tmp` puts a disk under it.
 `--pyinstrument` adds a round under pyinstrument (a test extra) and prints its
-call tree. docs/performance.md ("Fifth round") quotes it.
+call tree. Last, what `check_accounts = true` (the default; the bench turns it off,
+its accounts being in no passwd) adds to every request: one name resolved on the
+loop's thread, and through the service's NSS worker as `Service._identify` does, in
+CPU time of the whole process. docs/performance.md ("Fifth round") quotes it.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from totpd import otp  # noqa: E402
+from totpd import identity, otp  # noqa: E402
 from totpd.audit import Audit  # noqa: E402
 from totpd.config import Config  # noqa: E402
 from totpd.server import Daemon, eager_tasks  # noqa: E402
@@ -128,6 +131,9 @@ async def measure(args: argparse.Namespace, directory: str) -> int:
               f" turn, database in {args.dir}:")
         print(f"  check  {statistics.median(r[0] for r in rounds) * 1e6:6.1f} us per request")
         print(f"  verify {statistics.median(r[1] for r in rounds) * 1e6:6.1f} us per request")
+        here, worker = await name_resolution(service, "root", 2000)
+        print(f"  a name resolved (identity.canonical, CPU): {here * 1e6:.1f} us on the loop's thread,"
+              f" {worker * 1e6:.1f} us through the NSS worker")
         if args.pyinstrument:
             from pyinstrument import Profiler
 
@@ -140,6 +146,18 @@ async def measure(args: argparse.Namespace, directory: str) -> int:
     if not clean:
         print("NOT CLEAN: a reply was not NEED_CODE (check) or ACCEPTED (verify)", file=sys.stderr)
     return 0 if clean else 1
+
+
+async def name_resolution(service: Service, name: str, count: int) -> tuple[float, float]:
+    """CPU seconds per canonical-name lookup, called here and through the NSS worker."""
+    start = time.process_time()
+    for _ in range(count):
+        identity.canonical(name)
+    here = (time.process_time() - start) / count
+    start = time.process_time()
+    for _ in range(count):
+        await service.ctx.nss.run(identity.canonical, name)
+    return here, (time.process_time() - start) / count
 
 
 def main() -> int:
