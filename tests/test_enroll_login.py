@@ -25,7 +25,6 @@ from totpd.store import open_store
 ROOT = Caller(1, 0, 0)
 USER = Caller(2, 1000, 1000)
 NOW = 1_800_000_000.0
-COLOURS, RESET = "\x1b[38;5;16;48;5;231m", "\x1b[0m"  # what pam_totpd puts around each `qr` line
 
 
 class World:
@@ -67,10 +66,13 @@ def world(directory):
 
 
 def scanned(reply: Reply, tmp_path: Path) -> str:
-    """The otpauth URI a phone reads off the screen the PAM module draws from the reply."""
-    text = "\n".join(COLOURS + value + RESET if key == "qr" else value for key, value in reply.lines)
-    uri = terminal.zbar(terminal.screenshot(text, terminal.DARK, tmp_path / "screen.png"))
+    """The otpauth URI a phone reads off the lines as pam_totpd shows them (as they are):
+    dark on light on a light theme; inverted on a dark one, for scanners that read that."""
+    text = "\n".join(value for _, value in reply.lines)
+    uri = terminal.zbar(terminal.screenshot(text, terminal.LIGHT, tmp_path / "light.png"))
     assert uri is not None, "zbarimg found no QR code"
+    dark = terminal.screenshot(text, terminal.DARK, tmp_path / "dark.png")
+    assert terminal.zbar(dark) is None and terminal.zbar(dark, inverted=True) == uri
     return uri
 
 
@@ -83,6 +85,7 @@ def test_a_required_unenrolled_account_enrolls_at_login_and_then_needs_a_code(wo
     assert world.call("check").status == "ENROLL"
     shown = world.call("login_enroll")
     assert shown.status == "NEED_CODE" and shown.fields == {}
+    assert all("\x1b" not in value for _, value in shown.lines)
     uri = scanned(shown, tmp_path)
     secret = secret_of(uri)
     assert uri.startswith("otpauth://totp/") and "build-server-03.example.com" in uri

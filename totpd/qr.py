@@ -47,8 +47,9 @@ def _rows(uri: str, border: int) -> list[list[bool]]:
 
 def block_lines(uri: str) -> list[str]:
     """The QR code as lines of half and full blocks, two module rows a line, with no
-    colour: the dark modules are the text's foreground. Text only (no control
-    character), for the wire: pam_totpd sets the colours of `terminal_lines` itself."""
+    colour: the dark modules are the text's foreground, so it is dark on light on a
+    light theme and inverted on a dark one. Text only (no control character), for a
+    PAM conversation, where no escape arrives: OpenSSH's client shows one as text."""
     rows = _rows(uri, TERMINAL_QUIET_ZONE)
     if len(rows) % 2:
         rows.append([False] * len(rows[0]))  # the lower half of the last text row: more quiet zone
