@@ -577,6 +577,25 @@ static int show_and_prompt(const struct context *ctx, int style, const struct wi
     return ret == PAM_CONV_AGAIN ? PAM_INCOMPLETE : PAM_CONV_ERR;
 }
 
+/*
+ * A reply to login_enroll or login_confirm that is not the one to go on with:
+ * a refusal keeps its PAM code; ACCEPTED, IGNORE and anything unlisted are
+ * unavailable (docs/protocol.md: only NEED_CODE, then ACCEPTED, say yes).
+ */
+static int enroll_refusal(const struct context *ctx, int flags, const char *verb,
+                          const struct wire_reply *reply)
+{
+    int ret;
+
+    if (strcmp(reply->status, "ACCEPTED") == 0 || strcmp(reply->status, "IGNORE") == 0) {
+        pam_syslog(ctx->pamh, LOG_ERR, "%s: totpd answered %s", verb, reply->status);
+        pam_error(ctx->pamh, "%s", UNAVAILABLE_TEXT);
+        return PAM_AUTHINFO_UNAVAIL;
+    }
+    ret = finish_reply(ctx, flags, verb, reply);
+    return ret == PAM_SUCCESS || ret == PAM_IGNORE ? PAM_AUTHINFO_UNAVAIL : ret;
+}
+
 static int enroll_at_login(struct context *ctx, int flags)
 {
     struct context plain = *ctx; /* the first code is a code alone, typed after the QR code */
@@ -601,7 +620,7 @@ static int enroll_at_login(struct context *ctx, int flags)
     if (ret != PAM_SUCCESS)
         goto cleanup;
     if (strcmp(reply.status, "NEED_CODE") != 0) {
-        ret = finish_reply(ctx, flags, "login_enroll", &reply);
+        ret = enroll_refusal(ctx, flags, "login_enroll", &reply);
         goto cleanup;
     }
     ret = show_and_prompt(ctx, PAM_PROMPT_ECHO_OFF, lines, ENROLL_PROMPT, &answer);
@@ -615,9 +634,7 @@ static int enroll_at_login(struct context *ctx, int flags)
     if (ret != PAM_SUCCESS)
         goto cleanup;
     if (strcmp(reply.status, "ACCEPTED") != 0) {
-        ret = finish_reply(ctx, flags, "login_confirm", &reply);
-        if (ret == PAM_SUCCESS || ret == PAM_IGNORE)
-            ret = PAM_AUTHINFO_UNAVAIL; /* unreachable: ACCEPTED is the only yes */
+        ret = enroll_refusal(ctx, flags, "login_confirm", &reply);
         goto cleanup;
     }
     explicit_bzero(answer, answer_size);

@@ -77,10 +77,12 @@ class EnrollAtLogin:
             ctx.audit(request, caller, event, "already_enrolled")
             return reply("DENIED", "This account is already enrolled; log in again with a code.")
         outcome = await self.login.unenrolled_outcome(request, caller, offer=True)
-        if outcome.status != "ENROLL":
-            ctx.audit(request, caller, event, "not_offered_" + outcome.status.lower())
-            return reply(outcome.status, outcome.message)
-        return None
+        if outcome.status == "ENROLL":
+            return None
+        ctx.audit(request, caller, event, "not_offered_" + outcome.status.lower())
+        if outcome.status == "IGNORE":  # policy changed since `check`: this conversation ends; the next login decides
+            return reply("DENIED", "Enrollment at login is no longer offered to this account; log in again.")
+        return reply(outcome.status, outcome.message)
 
     async def login_enroll(self, request: Request, caller: Caller) -> Reply:
         ctx = self.ctx
