@@ -148,3 +148,17 @@ def test_after_a_restart_a_pending_enrollment_started_at_login_counts_as_expired
     finally:
         again.close()
         world.close = lambda: None  # type: ignore[method-assign]
+
+
+def test_wrong_first_codes_lock_the_account_and_a_locked_one_is_shown_no_qr_code(directory, tmp_path):
+    world = World(directory, enroll_at_login=True, max_failures=3, backoff_after=3)
+    try:
+        secret = secret_of(scanned(world.call("login_enroll"), tmp_path))
+        totp = pyotp.TOTP(secret)
+        wrong = next(c for c in ("000000", "111111", "222222") if c not in {totp.at(NOW + k * 30) for k in (-1, 0, 1)})
+        assert [world.call("login_confirm", code=wrong).status for _ in range(3)] == ["REJECTED", "REJECTED", "LOCKED"]
+        again = world.call("login_enroll")
+        assert again.status == "LOCKED" and again.lines == () and "totpctl unlock alice" in again.message
+        assert world.call("login_confirm", code=totp.at(NOW)).status == "LOCKED"
+    finally:
+        world.close()

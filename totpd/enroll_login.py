@@ -17,15 +17,15 @@ import logging
 import math
 from typing import Callable
 
-from . import otp
+from . import decisions, otp
 from .authorization import Caller, is_pam
 from .context import Context, reply
+from .decisions import Verdict
 from .lifecycle import Lifecycle
 from .login import Login
 from .protocol import MAX_ENROLL_REPLY_PAYLOAD, MAX_LINES, MAX_MESSAGE, Reply, Request, encode_reply
 from .sealing import secret_context
 from .store import Account, Transaction
-from .decisions import Verdict
 
 log = logging.getLogger("totpd")
 
@@ -76,6 +76,10 @@ class EnrollAtLogin:
         if isinstance(account, Account) and account.active:
             ctx.audit(request, caller, event, "already_enrolled")
             return reply("DENIED", "This account is already enrolled; log in again with a code.")
+        now = ctx.clock()
+        if isinstance(account, Account) and decisions.is_locked(account, now):  # too many wrong first codes
+            ctx.audit(request, caller, event, "locked")
+            return reply("LOCKED", ctx.policy.locked_message(request.user, account.locked, account.locked_until, now))
         outcome = await self.login.unenrolled_outcome(request, caller, offer=True)
         if outcome.status == "ENROLL":
             return None
@@ -154,7 +158,9 @@ class EnrollAtLogin:
         if known is None:
             ctx.audit(request, caller, "login_confirm", "expired")
             return reply("DENIED", "This enrollment has expired; log in again to start over.")
-        verdict, codes = await self.lifecycle.confirm_pending(user, code, now, expected=known[0])
+        verdict, codes = await self.lifecycle.confirm_pending(
+            user, code, now, expected=known[0], service=request.get("service"), rhost=request.get("rhost")
+        )
         ctx.audit(request, caller, "login_confirm", verdict.value, level="info" if verdict is Verdict.CONFIRMED else "warning")
         if verdict is Verdict.CONFIRMED:
             self.pending.end(user)

@@ -132,11 +132,12 @@ class Lifecycle:
         return reply("LOCKED", "Too many wrong codes; wait, or ask an administrator to unlock the account.")
 
     async def confirm_pending(
-        self, user: str, code: str, now: float, expected: bytes | None = None
+        self, user: str, code: str, now: float, expected: bytes | None = None, **where: str
     ) -> tuple[Verdict, list[str]]:
         """Activate the account's pending enrollment with its first code: the verdict
         and, once CONFIRMED, the new recovery codes. With `expected`, only that sealed
-        pending enrollment counts (enroll_at_login: the one this login was shown)."""
+        pending enrollment counts (enroll_at_login: the one this login was shown);
+        `where` (service, rhost) goes with the event."""
         ctx = self.ctx
 
         def judge(tx: Transaction) -> tuple[Verdict, int, bytes | None]:
@@ -176,7 +177,7 @@ class Lifecycle:
         if verdict is not Verdict.CONFIRMED:
             return verdict, []
         ctx.remembered.forget(user)
-        ctx.emit("enrolled", user=user)
+        ctx.emit("enrolled", user=user, **where)
         return verdict, codes
 
     async def status(self, request: Request, caller: Caller) -> Reply:
