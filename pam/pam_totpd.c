@@ -525,7 +525,7 @@ static int finish_reply(const struct context *ctx, int flags, const char *verb,
 /*
  * The lines, then the prompt, as one text. The daemon's text was checked free of
  * control characters, and none is added: OpenSSH's client shows an escape in a
- * prompt as the text "\\033", so the QR code's rows go out as they came.
+ * prompt as the text \033, so the QR code's rows go out as they came.
  */
 static bool compose_screen(const struct wire_lines *lines, const char *prompt, char *screen,
                            size_t size)
