@@ -303,34 +303,45 @@ static int transfer(int fd, unsigned char *buf, size_t len, bool sending, int64_
     return 0;
 }
 
-/* The request and its reply on fd, by the deadline; NULL, or what went wrong. */
+/*
+ * The request and its reply on fd, by the deadline; NULL, or what went wrong.
+ * With lines (enrollment at login), a reply of up to MAX_ENROLL_REPLY_PAYLOAD and
+ * its lines are read; the payload, which may hold a secret, is wiped.
+ */
 static const char *talk(int fd, struct wire_request *req, struct wire_reply *reply,
-                        int64_t deadline)
+                        struct wire_lines *lines, int64_t deadline)
 {
     unsigned char header[FRAME_HEADER_SIZE];
-    unsigned char payload[MAX_AUTH_REPLY_PAYLOAD];
-    size_t len;
+    unsigned char payload[MAX_ENROLL_REPLY_PAYLOAD];
+    size_t limit = lines != NULL ? MAX_ENROLL_REPLY_PAYLOAD : MAX_AUTH_REPLY_PAYLOAD;
+    const char *fault = NULL;
+    size_t len = 0;
 
     if (transfer(fd, req->frame, req->len, true, deadline) != 0)
         return "cannot send to";
     if (transfer(fd, header, sizeof header, false, deadline) != 0)
         return "no reply from";
     errno = EBADMSG; /* what %m says of a malformed reply */
-    if (!wire_parse_header(header, &len))
+    if (!wire_parse_header_limit(header, limit, &len))
         return "malformed reply header from";
-    if (transfer(fd, payload, len, false, deadline) != 0)
-        return "incomplete reply from";
-    errno = EBADMSG;
-    if (!wire_parse_reply(payload, len, reply))
-        return "malformed reply payload from";
-    return NULL;
+    if (transfer(fd, payload, len, false, deadline) != 0) {
+        fault = "incomplete reply from";
+    } else {
+        errno = EBADMSG;
+        if (!wire_parse_reply_lines(payload, len, limit, reply, lines))
+            fault = "malformed reply payload from";
+    }
+    explicit_bzero(payload, len);
+    return fault;
 }
 
 /*
  * Ask one question (check, or verify with the code) on a new connection, all
- * within opts.timeout_ms; the request frame holding the code is wiped.
+ * within opts.timeout_ms; the request frame holding the code is wiped. `lines`:
+ * NULL, or where an enrollment verb's lines go.
  */
-static int ask(struct context *ctx, const char *verb, const char *code, struct wire_reply *reply)
+static int ask_lines(struct context *ctx, const char *verb, const char *code,
+                     struct wire_reply *reply, struct wire_lines *lines)
 {
     const struct wire_field fields[] = {
         {"user", ctx->user}, {"service", ctx->service}, {"rhost", ctx->rhost},
@@ -348,7 +359,7 @@ static int ask(struct context *ctx, const char *verb, const char *code, struct w
     }
     fd = connect_daemon(ctx, deadline); /* which logs why it refused */
     if (fd >= 0) {
-        fault = talk(fd, &req, reply, deadline);
+        fault = talk(fd, &req, reply, lines, deadline);
         if (fault != NULL)
             pam_syslog(ctx->pamh, LOG_ERR, "%s: %s totpd at %s: %m", verb, fault,
                        ctx->opts.socket_path);
@@ -363,6 +374,11 @@ static int ask(struct context *ctx, const char *verb, const char *code, struct w
         pam_syslog(ctx->pamh, LOG_DEBUG, "%s user=%s: totpd answered %s", verb, ctx->user,
                    reply->status);
     return PAM_SUCCESS;
+}
+
+static int ask(struct context *ctx, const char *verb, const char *code, struct wire_reply *reply)
+{
+    return ask_lines(ctx, verb, code, reply, NULL);
 }
 
 /* ------------------------------------------------------------- converse */
@@ -490,6 +506,156 @@ static int finish_reply(const struct context *ctx, int flags, const char *verb,
     return ret;
 }
 
+/* ----------------------------------------------------- enroll at login */
+
+/*
+ * The daemon answered `check` with ENROLL (docs/pam.md "Enrollment at login"):
+ * `login_enroll` gives the lines to show (the QR code, the key); they go out in
+ * the text of the prompt for the first code, so every client shows them (sshd
+ * puts text sent before a prompt into that prompt's keyboard-interactive
+ * request). `login_confirm` sends the code; its lines (the recovery codes) go out
+ * in one last prompt that waits for Enter, because text after the last prompt
+ * reaches only clients with a pty. Every buffer that held the key, the code or
+ * the recovery codes is wiped.
+ */
+#define ENROLL_PROMPT "Code from the app: "
+#define ENROLLED_PROMPT "Press Enter to continue: "
+#define SCREEN_SIZE (MAX_ENROLL_REPLY_PAYLOAD + 64) /* the lines, a LF each, the prompt */
+
+/*
+ * The lines, then the prompt, as one text. The daemon's text was checked free of
+ * control characters, and none is added: OpenSSH's client shows an escape in a
+ * prompt as the text \033, so the QR code's rows go out as they came.
+ */
+static bool compose_screen(const struct wire_lines *lines, const char *prompt, char *screen,
+                           size_t size)
+{
+    size_t used = 0;
+
+    for (size_t i = 0; i < lines->count; i++) {
+        const struct wire_line *line = &lines->line[i];
+
+        if (line->len + 1 > size - used)
+            return false;
+        memcpy(screen + used, lines->text + line->start, line->len);
+        used += line->len;
+        screen[used++] = '\n';
+    }
+    if (strlen(prompt) + 1 > size - used)
+        return false;
+    memcpy(screen + used, prompt, strlen(prompt) + 1);
+    return true;
+}
+
+/* One prompt showing the lines; *answer as get_answer's. */
+static int show_and_prompt(const struct context *ctx, int style, const struct wire_lines *lines,
+                           const char *prompt, char **answer)
+{
+    char *screen = malloc(SCREEN_SIZE);
+    int ret;
+
+    *answer = NULL;
+    if (screen == NULL)
+        return PAM_BUF_ERR;
+    if (!compose_screen(lines, prompt, screen, SCREEN_SIZE)) {
+        explicit_bzero(screen, SCREEN_SIZE);
+        free(screen);
+        pam_syslog(ctx->pamh, LOG_ERR, "enrollment text does not fit the screen buffer");
+        return PAM_AUTHINFO_UNAVAIL;
+    }
+    ret = pam_prompt(ctx->pamh, style, answer, "%s", screen);
+    explicit_bzero(screen, SCREEN_SIZE);
+    free(screen);
+    if (ret == PAM_SUCCESS && *answer != NULL)
+        return PAM_SUCCESS;
+    if (*answer != NULL) {
+        explicit_bzero(*answer, strlen(*answer));
+        free(*answer);
+        *answer = NULL;
+    }
+    pam_syslog(ctx->pamh, LOG_ERR, "conversation failed: %s", pam_strerror(ctx->pamh, ret));
+    return ret == PAM_CONV_AGAIN ? PAM_INCOMPLETE : PAM_CONV_ERR;
+}
+
+/*
+ * A reply to login_enroll or login_confirm that is not the one to go on with:
+ * a refusal keeps its PAM code; ACCEPTED, IGNORE and anything unlisted are
+ * unavailable (docs/protocol.md: only NEED_CODE, then ACCEPTED, say yes).
+ */
+static int enroll_refusal(const struct context *ctx, int flags, const char *verb,
+                          const struct wire_reply *reply)
+{
+    int ret;
+
+    if (strcmp(reply->status, "ACCEPTED") == 0 || strcmp(reply->status, "IGNORE") == 0) {
+        pam_syslog(ctx->pamh, LOG_ERR, "%s: totpd answered %s", verb, reply->status);
+        pam_error(ctx->pamh, "%s", UNAVAILABLE_TEXT);
+        return PAM_AUTHINFO_UNAVAIL;
+    }
+    ret = finish_reply(ctx, flags, verb, reply);
+    return ret == PAM_SUCCESS || ret == PAM_IGNORE ? PAM_AUTHINFO_UNAVAIL : ret;
+}
+
+static int enroll_at_login(struct context *ctx, int flags)
+{
+    struct context plain = *ctx; /* the first code is a code alone, typed after the QR code */
+    struct wire_reply reply;
+    struct wire_lines *lines = malloc(sizeof *lines);
+    char code[MAX_CODE + 1] = {0};
+    char *answer = NULL;
+    size_t answer_size = 0;
+    int ret;
+
+    if (lines == NULL)
+        return PAM_BUF_ERR;
+    plain.opts.forward_pass = false;
+    if (ctx->opts.forward_pass) {
+        /* the password would come after pam_totpd: no first factor has been checked */
+        pam_syslog(ctx->pamh, LOG_ERR, "enroll_at_login: not with forward_pass; refused");
+        pam_error(ctx->pamh, "%s", "No authenticator is enrolled for this account; ask your administrator.");
+        ret = PAM_AUTH_ERR;
+        goto cleanup;
+    }
+    ret = ask_lines(ctx, "login_enroll", NULL, &reply, lines);
+    if (ret != PAM_SUCCESS)
+        goto cleanup;
+    if (strcmp(reply.status, "NEED_CODE") != 0) {
+        ret = enroll_refusal(ctx, flags, "login_enroll", &reply);
+        goto cleanup;
+    }
+    ret = show_and_prompt(ctx, PAM_PROMPT_ECHO_OFF, lines, ENROLL_PROMPT, &answer);
+    if (ret != PAM_SUCCESS)
+        goto cleanup;
+    answer_size = strlen(answer);
+    ret = take_code(&plain, answer, code);
+    if (ret != PAM_SUCCESS)
+        goto cleanup;
+    ret = ask_lines(ctx, "login_confirm", code, &reply, lines);
+    if (ret != PAM_SUCCESS)
+        goto cleanup;
+    if (strcmp(reply.status, "ACCEPTED") != 0) {
+        ret = enroll_refusal(ctx, flags, "login_confirm", &reply);
+        goto cleanup;
+    }
+    explicit_bzero(answer, answer_size);
+    free(answer);
+    answer = NULL;
+    /* the recovery codes: shown inside a prompt, the answer ignored */
+    ret = show_and_prompt(ctx, PAM_PROMPT_ECHO_ON, lines, ENROLLED_PROMPT, &answer);
+    if (ret == PAM_SUCCESS)
+        answer_size = strlen(answer);
+
+cleanup:
+    explicit_bzero(code, sizeof code);
+    explicit_bzero(lines, sizeof *lines);
+    free(lines);
+    if (answer != NULL) {
+        explicit_bzero(answer, answer_size);
+        free(answer);
+    }
+    return ret;
+}
+
 /* ---------------------------------------------------------------- entry */
 
 PAM_EXTERN int pam_sm_authenticate(pam_handle_t *pamh, int flags, int argc, const char **argv)
@@ -522,6 +688,10 @@ PAM_EXTERN int pam_sm_authenticate(pam_handle_t *pamh, int flags, int argc, cons
     ret = ask(&ctx, "check", NULL, &reply);
     if (ret != PAM_SUCCESS)
         goto cleanup;
+    if (strcmp(reply.status, "ENROLL") == 0) {
+        ret = enroll_at_login(&ctx, flags);
+        goto cleanup;
+    }
     if (strcmp(reply.status, "NEED_CODE") != 0) {
         ret = finish_reply(&ctx, flags, "check", &reply);
         goto cleanup;

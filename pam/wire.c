@@ -138,7 +138,8 @@ bool wire_build_request(struct wire_request *req, const char *verb,
     return false;
 }
 
-bool wire_parse_header(const unsigned char header[FRAME_HEADER_SIZE], size_t *payload_len)
+bool wire_parse_header_limit(const unsigned char header[FRAME_HEADER_SIZE], size_t limit,
+                             size_t *payload_len)
 {
     uint32_t len = (uint32_t)header[4] << 24 | (uint32_t)header[5] << 16 |
                    (uint32_t)header[6] << 8 | (uint32_t)header[7];
@@ -146,15 +147,44 @@ bool wire_parse_header(const unsigned char header[FRAME_HEADER_SIZE], size_t *pa
     *payload_len = len;
     return header[0] == FRAME_MAGIC_0 && header[1] == FRAME_MAGIC_1 &&
            header[2] == FRAME_VERSION && header[3] == 0 && len > 0 &&
-           len <= MAX_AUTH_REPLY_PAYLOAD;
+           len <= limit && len <= MAX_ENROLL_REPLY_PAYLOAD;
 }
 
-static bool parse_reply(const unsigned char *payload, size_t len, struct wire_reply *out)
+bool wire_parse_header(const unsigned char header[FRAME_HEADER_SIZE], size_t *payload_len)
+{
+    return wire_parse_header_limit(header, MAX_AUTH_REPLY_PAYLOAD, payload_len);
+}
+
+static bool is_key(const unsigned char *key, size_t key_len, const char *name)
+{
+    return key_len == strlen(name) && memcmp(key, name, key_len) == 0;
+}
+
+/* Keep one `info` or `qr` line; false when it is too long or one too many. */
+static bool keep_line(struct wire_lines *lines, bool qr, const unsigned char *value, size_t len)
+{
+    struct wire_line *line;
+
+    if (lines->count >= MAX_LINES || len > MAX_MESSAGE ||
+        len + 1 > sizeof lines->text - lines->used)
+        return false;
+    line = &lines->line[lines->count++];
+    line->start = lines->used;
+    line->len = len;
+    line->qr = qr;
+    memcpy(lines->text + lines->used, value, len);
+    lines->text[lines->used + len] = '\0';
+    lines->used += len + 1;
+    return true;
+}
+
+static bool parse_reply(const unsigned char *payload, size_t len, size_t limit,
+                        struct wire_reply *out, struct wire_lines *lines)
 {
     const unsigned char *end = payload + len;
     const unsigned char *line, *line_end;
 
-    if (len == 0 || len > MAX_AUTH_REPLY_PAYLOAD || payload[len - 1] != '\n')
+    if (len == 0 || len > limit || len > MAX_ENROLL_REPLY_PAYLOAD || payload[len - 1] != '\n')
         return false;
     line_end = memchr(payload, '\n', len);
     if (!valid_token(payload, (size_t)(line_end - payload), 'A', 'Z'))
@@ -172,10 +202,12 @@ static bool parse_reply(const unsigned char *payload, size_t len, struct wire_re
         key_len = (size_t)(eq - line);
         value = eq + 1;
         value_len = (size_t)(line_end - value);
-        if (!valid_token(line, key_len, 'a', 'z') ||
-            !wire_valid_text(value, value_len, MAX_AUTH_REPLY_PAYLOAD))
+        if (!valid_token(line, key_len, 'a', 'z') || !wire_valid_text(value, value_len, limit))
             return false;
-        if (key_len == strlen("message") && memcmp(line, "message", key_len) == 0) {
+        if (lines != NULL && (is_key(line, key_len, "info") || is_key(line, key_len, "qr"))) {
+            if (!keep_line(lines, is_key(line, key_len, "qr"), value, value_len))
+                return false;
+        } else if (is_key(line, key_len, "message")) {
             /* a key the module reads comes once: which of two would the person see? */
             if (out->has_message || value_len > MAX_MESSAGE)
                 return false;
@@ -186,11 +218,21 @@ static bool parse_reply(const unsigned char *payload, size_t len, struct wire_re
     return true;
 }
 
-bool wire_parse_reply(const unsigned char *payload, size_t len, struct wire_reply *out)
+bool wire_parse_reply_lines(const unsigned char *payload, size_t len, size_t limit,
+                            struct wire_reply *out, struct wire_lines *lines)
 {
     memset(out, 0, sizeof *out);
-    if (parse_reply(payload, len, out))
+    if (lines != NULL)
+        memset(lines, 0, sizeof *lines);
+    if (parse_reply(payload, len, limit, out, lines))
         return true;
     memset(out, 0, sizeof *out); /* nothing of a refused reply may be shown */
+    if (lines != NULL)
+        memset(lines, 0, sizeof *lines);
     return false;
+}
+
+bool wire_parse_reply(const unsigned char *payload, size_t len, struct wire_reply *out)
+{
+    return wire_parse_reply_lines(payload, len, MAX_AUTH_REPLY_PAYLOAD, out, NULL);
 }

@@ -19,6 +19,8 @@
 #define FRAME_HEADER_SIZE 8
 #define MAX_REQUEST_PAYLOAD 4096
 #define MAX_AUTH_REPLY_PAYLOAD 4096
+#define MAX_ENROLL_REPLY_PAYLOAD 16384 /* replies to login_enroll and login_confirm */
+#define MAX_LINES 64                   /* `info` and `qr` lines in one reply */
 #define MAX_VALUE 1024
 #define MAX_MESSAGE 512
 #define MAX_USER 256
@@ -43,6 +45,24 @@ struct wire_reply {
     bool has_message;
 };
 
+/*
+ * The lines a reply asks the module to show, in order (docs/protocol.md "Lines"):
+ * each `info` or `qr` value, NUL-terminated, in text. They may hold a secret
+ * (the key, recovery codes): the owner wipes them.
+ */
+struct wire_line {
+    size_t start; /* offset in text */
+    size_t len;
+    bool qr; /* a row of a QR code drawn in text: the module sets its colours */
+};
+
+struct wire_lines {
+    size_t count;
+    size_t used; /* bytes of text used */
+    struct wire_line line[MAX_LINES];
+    char text[MAX_ENROLL_REPLY_PAYLOAD];
+};
+
 /* Valid UTF-8 without control characters (C0, DEL, C1), at most max bytes. */
 bool wire_valid_text(const void *text, size_t len, size_t max);
 
@@ -60,11 +80,23 @@ bool wire_build_request(struct wire_request *req, const char *verb,
 /* Check a reply header; *payload_len is its length, valid only when true. */
 bool wire_parse_header(const unsigned char header[FRAME_HEADER_SIZE], size_t *payload_len);
 
+/* The same with a payload limit of `limit` (at most MAX_ENROLL_REPLY_PAYLOAD). */
+bool wire_parse_header_limit(const unsigned char header[FRAME_HEADER_SIZE], size_t limit,
+                             size_t *payload_len);
+
 /*
  * Parse a reply payload strictly: a status line [A-Z_]{1,32}, then key=value
  * lines, each LF-terminated, keys [a-z_]{1,32}, values text. `message` (at most
  * MAX_MESSAGE bytes, at most once) is kept; other keys are checked and ignored.
  */
 bool wire_parse_reply(const unsigned char *payload, size_t len, struct wire_reply *out);
+
+/*
+ * The same for a payload of at most `limit` bytes (at most MAX_ENROLL_REPLY_PAYLOAD),
+ * also keeping its `info` and `qr` lines (each at most MAX_MESSAGE bytes, at most
+ * MAX_LINES of them, repeats allowed) in *lines; NULL lines: they are ignored.
+ */
+bool wire_parse_reply_lines(const unsigned char *payload, size_t len, size_t limit,
+                            struct wire_reply *out, struct wire_lines *lines);
 
 #endif

@@ -211,9 +211,11 @@ def screenshot(text: str, theme: Theme, path: Path, columns: int = 80, module_wi
     return write_png(path, camera(screen, module_width * CELL_WIDTH // 2))
 
 
-def zbar(path: Path) -> str | None:
-    """What zbarimg reads from the image: the QR code's text, or None if it finds none."""
-    result = subprocess.run(["zbarimg", "--quiet", "--raw", "-Sdisable", "-Sqrcode.enable", str(path)],
+def zbar(path: Path, inverted: bool = False) -> str | None:
+    """What zbarimg reads from the image: the QR code's text, or None if it finds none.
+    `inverted`: also try the image light on dark, as scanners that read inverted codes do."""
+    extra = ["-Stest-inverted"] if inverted else []
+    result = subprocess.run(["zbarimg", "--quiet", "--raw", "-Sdisable", "-Sqrcode.enable", *extra, str(path)],
                             capture_output=True, text=True, timeout=60)
     if result.returncode == 4:  # no symbol found
         return None

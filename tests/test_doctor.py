@@ -333,3 +333,56 @@ def test_usedns_is_flagged_only_where_trusted_networks_would_meet_host_names() -
     assert "sshd.usedns" not in {finding.id for finding in doctor.judge_sshd(settings, "sshd_config")}
     settings["usedns"] = "no"
     assert "sshd.usedns" not in {finding.id for finding in doctor.judge_sshd(settings, "sshd_config", trusting=True)}
+
+
+# -- enroll_at_login: only where a first factor precedes pam_totpd ---------------------
+
+ENROLL_STACKS = {  # sudo's auth stack -> flagged?
+    "password_then_code": ("@include common-auth\nauth required pam_totpd.so\n", False),
+    "requisite_password_then_code": ("auth requisite pam_unix.so\nauth required pam_totpd.so\n", False),
+    "required_password_then_code": ("auth required pam_unix.so\nauth required pam_totpd.so\n", True),
+    "code_alone": ("auth required pam_totpd.so\n", True),
+    "code_first": ("auth requisite pam_totpd.so\n@include common-auth\n", True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ENROLL_STACKS))
+def test_enroll_at_login_is_flagged_where_pam_totpd_runs_without_a_first_factor(tmp_path: Path, name: str) -> None:
+    text, flagged = ENROLL_STACKS[name]
+    root = make_root(tmp_path, text)
+    conf = tmp_path / "totpd.conf"
+
+    def ids(config: str) -> list[str]:
+        conf.write_text(config)
+        options = doctor.Options(config_path=str(conf), config_explicit=True, root=str(root), services=("sudo",),
+                                 checks=("config", "pam"))
+        return [finding.id for finding in doctor.run(options)]
+
+    assert ("pam.sudo.enroll_without_first_factor" in ids("enroll_at_login = true\n")) == flagged
+    assert "pam.sudo.enroll_without_first_factor" not in ids("")
+    assert "pam.sudo.enroll_without_first_factor" not in ids("enroll_at_login = true\n[services.sudo]\nenroll_at_login = false\n")
+
+
+def test_enroll_at_login_needs_sshd_to_check_a_first_factor_when_its_stack_does_not() -> None:
+    settings = {"usepam": "yes", "kbdinteractiveauthentication": "yes", "authenticationmethods": "publickey,keyboard-interactive"}
+
+    def flagged(methods: str, enrolling: bool = True) -> bool:
+        found = doctor.judge_sshd({**settings, "authenticationmethods": methods}, "sshd_config", enrolling=enrolling)
+        return "sshd.enroll_without_first_factor" in {finding.id for finding in found}
+
+    assert not flagged("publickey,keyboard-interactive")
+    assert not flagged("password,keyboard-interactive publickey,keyboard-interactive:pam")
+    assert flagged("keyboard-interactive")
+    assert flagged("publickey,keyboard-interactive keyboard-interactive")
+    assert flagged("any")
+    assert not flagged("keyboard-interactive", enrolling=False)
+
+
+def test_enroll_at_login_with_a_keyboard_interactive_only_sshd_is_an_error_in_namespace(workdir: Path) -> None:
+    pam_dir = _pam_copy(workdir, {"sshd": f"auth required {MODULE}\naccount required pam_permit.so\n"})
+    (workdir / "totpd.conf").write_text("enroll_at_login = true\n")
+    for methods, flagged in (("keyboard-interactive", True), ("publickey,keyboard-interactive", False)):
+        config = _sshd_config(workdir, f"AuthenticationMethods {methods}\n")
+        report = _result(doctor_in_namespace(pam_dir, "--config", str(workdir / "totpd.conf"), "--sshd-config", str(config),
+                                             "--service", "sshd"))
+        assert ("sshd.enroll_without_first_factor" in _by_severity(report, "error")) == flagged, report

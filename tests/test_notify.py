@@ -100,3 +100,24 @@ def test_a_dead_smtp_server_neither_slows_nor_fails_a_login(make_daemon):
         assert "notification enroll for alice not sent" in daemon.log()
     finally:
         silent.close()
+
+
+def test_an_enrollment_at_login_is_mailed_without_its_secret_or_codes(make_daemon, smtp_server):
+    import re
+
+    controller, inbox = smtp_server
+    daemon = make_daemon(smtp=smtp_settings(controller.port), enroll_at_login=True)
+    login = {"user": "bob", "service": "sshd", "rhost": "192.0.2.9"}
+    shown = wire.request(daemon.socket_path, "login_enroll", **login)  # as root: the PAM module's view
+    assert shown.status == "NEED_CODE", shown
+    secret = next(text for _, text in shown.lines if re.fullmatch(r"  ([A-Z2-7]{4} ?)+", text)).replace(" ", "")
+    done = wire.request(daemon.socket_path, "login_confirm", code=pyotp.TOTP(secret).now(), **login)
+    assert done.status == "ACCEPTED", done
+    [(recipients, body)] = inbox.wait(1)
+    assert recipients == ["bob@example.test"] and "New two-factor authenticator for bob" in body
+    import email
+
+    text = email.message_from_string(body).get_payload(decode=True).decode()
+    assert "bob on " in text and "(service sshd, from 192.0.2.9)" in text, text
+    codes = re.findall(r"[a-z0-9]{4}-[a-z0-9]{4}-[a-z0-9]{4}", " ".join(text for _, text in done.lines))
+    assert codes and secret not in body and not any(code in body for code in codes)

@@ -23,7 +23,7 @@ from totpd.protocol import (
 # The statuses of docs/protocol.md's table, and nothing else.
 DOCUMENTED_STATUSES = {
     "ACCEPTED", "NEED_CODE", "IGNORE", "REJECTED", "DENIED", "LOCKED", "UNKNOWN_USER", "OK",
-    "EXISTS", "NOT_ENROLLED", "FORBIDDEN", "BAD_REQUEST", "UNAVAILABLE", "BUSY",
+    "EXISTS", "NOT_ENROLLED", "FORBIDDEN", "BAD_REQUEST", "UNAVAILABLE", "BUSY", "ENROLL",
 }
 
 FAST = settings(max_examples=1500, deadline=None, derandomize=True)
@@ -41,7 +41,10 @@ VECTORS = {
     "ok": "5444 0100 0000 000d 4f4b0a76657273696f6e3d310a",
     "check": "5444 0100 0000 001e 636865636b0a757365723d616c6963650a736572766963653d7375646f0a",
     "need_code": "5444 0100 0000 0025 4e4545445f434f44450a70726f6d70743d566572696669636174696f6e20636f64653a200a",
+    "enroll": "5444 0100 0000 0007 454e524f4c4c0a",
+    "need_code_lines": "5444 0100 0000 002a 4e4545445f434f44450a696e666f3d5363616e3a0a71723d20e29688e296800a696e666f3d414243440a",
 }
+LINES = (("info", "Scan:"), ("qr", " \u2588\u2580"), ("info", "ABCD"))
 
 
 def _hex(text: str) -> bytes:
@@ -56,10 +59,29 @@ def test_the_protocol_documents_vectors_match_the_encoder():
     assert protocol.encode_reply(protocol.Reply("OK", {"version": "1"})) == _hex(VECTORS["ok"])
     assert protocol.encode_request("check", {"user": "alice", "service": "sudo"}) == _hex(VECTORS["check"])
     assert protocol.encode_reply(protocol.Reply("NEED_CODE", {"prompt": "Verification code: "})) == _hex(VECTORS["need_code"])
+    assert protocol.encode_reply(protocol.Reply("ENROLL")) == _hex(VECTORS["enroll"])
+    assert protocol.encode_reply(protocol.Reply("NEED_CODE", {}, LINES)) == _hex(VECTORS["need_code_lines"])
     raw = _hex(VECTORS["check"])
     length = protocol.parse_header(raw[:8], protocol.MAX_REQUEST_PAYLOAD)
     request = protocol.decode_request(raw[8 : 8 + length])
     assert request.verb == "check" and request.fields == {"user": "alice", "service": "sudo"}
+
+
+def test_a_replys_lines_may_repeat_and_keep_their_order_but_no_other_key_may():
+    decoded = protocol.decode_reply(_hex(VECTORS["need_code_lines"])[8:])
+    assert decoded.status == "NEED_CODE" and decoded.fields == {} and decoded.lines == LINES
+    with pytest.raises(ProtocolError, match="twice"):
+        protocol.decode_reply(b"NEED_CODE\nmessage=a\nmessage=b\n")
+
+
+@pytest.mark.parametrize("payload", [
+    b"NEED_CODE\n" + b"info=x\n" * 65,
+    b"NEED_CODE\ninfo=" + b"x" * 513 + b"\n",
+    b"NEED_CODE\nqr=\x1b[0m\n",
+])
+def test_too_many_or_too_long_lines_or_a_control_character_in_one_are_refused(payload):
+    with pytest.raises(ProtocolError):
+        protocol.decode_reply(payload)
 
 
 @pytest.mark.parametrize(

@@ -368,7 +368,7 @@ def test_service_fuzzing_never_raises_never_accepts_a_wrong_code_and_answers_onl
 
     seen: dict[str, int] = {}
 
-    @settings(max_examples=400, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=500, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
     @given(request=requests(), caller=CALLERS)
     def run(request: Request, caller: Caller) -> None:
         try:  # what the daemon does first: only requests the parser lets through reach the service

@@ -42,6 +42,8 @@ class Config:
     exempt_groups: tuple[str, ...] = ()
     remember_host: int = 0
     trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    enroll_at_login: bool = False
+    enroll_at_login_timeout: int = 600
     services: dict[str, "ServicePolicy"] = dataclasses.field(default_factory=dict)
     smtp: "SmtpConfig | None" = None
     window: int = 1
@@ -76,6 +78,7 @@ class ServicePolicy:
     allow_until: datetime.date | None = None
     remember_host: int | None = None
     trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None = None
+    enroll_at_login: bool | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -282,6 +285,8 @@ _KEYS: dict[str, Callable[[Any], Any]] = {
     "exempt_groups": _names,
     "remember_host": _seconds,
     "trusted_networks": _networks,
+    "enroll_at_login": _boolean,
+    "enroll_at_login_timeout": _int_range(60, 86400),
     "services": _services,
     "smtp": _smtp,
     "window": _int_range(0, 10),
@@ -302,7 +307,7 @@ _KEYS: dict[str, Callable[[Any], Any]] = {
 
 _SERVICE_KEYS = (
     "required_users", "required_groups", "exempt_users", "exempt_groups", "unenrolled", "allow_until", "remember_host",
-    "trusted_networks",
+    "trusted_networks", "enroll_at_login",
 )
 
 

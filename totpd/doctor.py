@@ -137,17 +137,11 @@ def check_pam_service(reader: pamstack.Reader, service: str, config: config_modu
                                      f"use 'auth required pam_totpd.so' (docs/pam.md)")]
         return findings + [error(f"{base}.missing", f"{path}: no auth line reaches pam_totpd.so; {service} logins ask for no code",
                                  f"add 'auth required pam_totpd.so' as in packaging/pam.d/{service} (docs/pam.md)")]
-    returns: dict[int, tuple[str, ...]] = {}
+    returns = _returns(reader, stack)
     for i, line in enumerate(stack.lines):
-        if line.broken or line.substack_header:
-            continue
-        if not pamstack.module_exists(reader, line.module):
-            returns[i] = pamstack.MISSING_MODULE_RETURNS
-            if line.is_totpd:
-                findings.append(error(f"{base}.module_not_found", f"{line.where}: module {line.module} is not installed; libpam gets module_unknown from it",
-                                      "make -C pam install, or give the module's full path"))
-        else:
-            returns[i] = pamstack.KNOWN_RETURNS.get(line.module_name, pamstack.GENERIC_RETURNS)
+        if line.is_totpd and returns.get(i) == pamstack.MISSING_MODULE_RETURNS:
+            findings.append(error(f"{base}.module_not_found", f"{line.where}: module {line.module} is not installed; libpam gets module_unknown from it",
+                                  "make -C pam install, or give the module's full path"))
     if len(totpd_lines) > 1:
         where = ", ".join(stack.lines[i].where for i in totpd_lines)
         findings.append(warn(f"{base}.duplicate", f"{path}: pam_totpd.so is reached {len(totpd_lines)} times ({where}): a login asks for two codes, and the second is refused as a replay within the same 30 s",
@@ -162,9 +156,31 @@ def check_pam_service(reader: pamstack.Reader, service: str, config: config_modu
                                   f"set socket={expected_socket} on the line, or 'socket' in {config.path if config else 'the config'}"))
     results = pamstack.outcomes(stack.lines, returns)
     findings += _judge(base, path, stack.lines, results)
+    if service != "sshd" and _enrolls_at_login(config, service):  # sshd: its own methods may be the first factor
+        skipped = pamstack.totpd_without_first_factor(stack.lines, returns)
+        if skipped is not None:
+            findings.append(error(f"{base}.enroll_without_first_factor", f"{path}: enroll_at_login is on for {service}, and pam_totpd.so runs although no first factor succeeded: {pamstack.explain(stack.lines, skipped)}; whoever knows an unenrolled account's name could enroll their own phone",
+                                  f"put a password module before pam_totpd.so as 'requisite' (as @include common-auth does), or set enroll_at_login = false in [services.{service}]"))
     if not findings:
         findings.append(ok(f"{base}.ok", f"{path}: every successful login passes pam_totpd.so"))
     return findings
+
+
+def _returns(reader: pamstack.Reader, stack: pamstack.Stack) -> dict[int, tuple[str, ...]]:
+    """What each line's module may return (a missing module: module_unknown)."""
+    returns: dict[int, tuple[str, ...]] = {}
+    for i, line in enumerate(stack.lines):
+        if line.broken or line.substack_header:
+            continue
+        if not pamstack.module_exists(reader, line.module):
+            returns[i] = pamstack.MISSING_MODULE_RETURNS
+        else:
+            returns[i] = pamstack.KNOWN_RETURNS.get(line.module_name, pamstack.GENERIC_RETURNS)
+    return returns
+
+
+def _enrolls_at_login(config: config_module.Config | None, service: str) -> bool:
+    return config is not None and Policy(config).rules(service).enroll_at_login
 
 
 def _judge(base: str, path: str, lines: list[pamstack.Line], results: dict) -> list[Finding]:
@@ -220,12 +236,26 @@ def check_sshd(ctx: Context) -> list[Finding]:
     trusting = ctx.config is not None and bool(
         ctx.config.trusted_networks or any(service.trusted_networks for service in ctx.config.services.values())
     )
-    return judge_sshd(settings, config or "sshd_config", trusting)
+    enrolling = False
+    if _enrolls_at_login(ctx.config, "sshd"):
+        reader = pamstack.Reader(ctx.options.root)
+        stack = reader.stack("sshd")
+        enrolling = not stack.path or pamstack.totpd_without_first_factor(stack.lines, _returns(reader, stack)) is not None
+    return judge_sshd(settings, config or "sshd_config", trusting, enrolling)
 
 
-def judge_sshd(settings: dict[str, str], where: str, trusting: bool = False) -> list[Finding]:
-    """Findings from sshd's effective settings; `trusting`: totpd has trusted_networks."""
+def judge_sshd(settings: dict[str, str], where: str, trusting: bool = False, enrolling: bool = False) -> list[Finding]:
+    """Findings from sshd's effective settings; `trusting`: totpd has trusted_networks;
+    `enrolling`: enroll_at_login is on for sshd and its PAM stack checks no first factor
+    before pam_totpd, so sshd's AuthenticationMethods must."""
     findings: list[Finding] = []
+    if enrolling:
+        methods = settings.get("authenticationmethods", "any")
+        bare = "keyboard-interactive alone" if methods == "any" else next(
+            (chain for chain in methods.split() if chain.split(",")[0].split(":")[0] == "keyboard-interactive"), None)
+        if bare is not None:
+            findings.append(error("sshd.enroll_without_first_factor", f"{where}: AuthenticationMethods {methods}: with enroll_at_login on and no first factor before pam_totpd in /etc/pam.d/sshd, '{bare}' lets whoever knows an unenrolled account's name enroll their own phone",
+                                  "set 'AuthenticationMethods publickey,keyboard-interactive' (packaging/ssh/totpd.conf), or put a requisite password module before pam_totpd.so"))
     kbd = settings.get("kbdinteractiveauthentication", settings.get("challengeresponseauthentication", "yes"))
     methods = settings.get("authenticationmethods", "any")
     if settings.get("usepam", "no") != "yes":

@@ -121,11 +121,31 @@ class Lifecycle:
         if refusal := await ctx.authorize(request, caller, allow_self=True):
             return refusal
         user, code, now = request.user, request.get("code").strip(), ctx.clock()
+        verdict, codes = await self.confirm_pending(user, code, now)
+        ctx.audit(request, caller, "confirm", verdict.value)
+        if verdict is Verdict.CONFIRMED:
+            return reply("OK", recovery_codes=" ".join(codes))
+        if verdict is Verdict.NO_PENDING:
+            return reply("NOT_ENROLLED", f"account '{user}' has no enrollment waiting for confirmation")
+        if verdict is Verdict.REJECTED:
+            return reply("REJECTED", "Wrong verification code; the enrollment is still pending.")
+        return reply("LOCKED", "Too many wrong codes; wait, or ask an administrator to unlock the account.")
+
+    async def confirm_pending(
+        self, user: str, code: str, now: float, expected: bytes | None = None, **where: str
+    ) -> tuple[Verdict, list[str]]:
+        """Activate the account's pending enrollment with its first code: the verdict
+        and, once CONFIRMED, the new recovery codes. With `expected`, only that sealed
+        pending enrollment counts (enroll_at_login: the one this login was shown);
+        `where` (service, rhost) goes with the event."""
+        ctx = self.ctx
 
         def judge(tx: Transaction) -> tuple[Verdict, int, bytes | None]:
             """The cheap part first: a pending enrollment, no lock, the right code."""
             account = tx.get(user)
             if account is None or account.pending_secret is None:
+                return Verdict.NO_PENDING, -1, None
+            if expected is not None and account.pending_secret != expected:
                 return Verdict.NO_PENDING, -1, None
             if decisions.is_locked(account, now):
                 return Verdict.LOCKED, -1, None
@@ -154,16 +174,11 @@ class Lifecycle:
                 return Verdict.CONFIRMED
 
             verdict = await ctx.transact(activate)
-        ctx.audit(request, caller, "confirm", verdict.value)
-        if verdict is Verdict.CONFIRMED:
-            ctx.remembered.forget(user)
-            ctx.emit("enrolled", user=user)
-            return reply("OK", recovery_codes=" ".join(codes))
-        if verdict is Verdict.NO_PENDING:
-            return reply("NOT_ENROLLED", f"account '{user}' has no enrollment waiting for confirmation")
-        if verdict is Verdict.REJECTED:
-            return reply("REJECTED", "Wrong verification code; the enrollment is still pending.")
-        return reply("LOCKED", "Too many wrong codes; wait, or ask an administrator to unlock the account.")
+        if verdict is not Verdict.CONFIRMED:
+            return verdict, []
+        ctx.remembered.forget(user)
+        ctx.emit("enrolled", user=user, **where)
+        return verdict, codes
 
     async def status(self, request: Request, caller: Caller) -> Reply:
         ctx = self.ctx

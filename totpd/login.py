@@ -16,7 +16,7 @@ from .audit import quote
 from .authorization import Caller, is_pam
 from .context import Context, params_of, reply
 from .decisions import Verdict
-from .policy import local_today
+from .policy import Outcome, local_today
 from .protocol import Reply, Request
 from .sealing import secret_context
 from .store import Account, Transaction
@@ -73,16 +73,25 @@ class Login:
         return reply("NEED_CODE", prompt=PROMPT)
 
     async def unenrolled(self, request: Request, caller: Caller, event: str) -> Reply:
-        """What a login of an account with no active enrollment gets: the policy's answer."""
+        """What a login of an account with no active enrollment gets: the policy's answer
+        (to a PAM `check`, ENROLL where enroll_at_login turns a refusal into an enrollment)."""
+        outcome = await self.unenrolled_outcome(request, caller, offer=event == "check")
+        results = {"UNKNOWN_USER": "unknown_user", "ENROLL": "enroll_offered"}
+        self.ctx.audit(request, caller, event, results.get(outcome.status, "not_enrolled_" + outcome.status.lower()))
+        return reply(outcome.status, outcome.message)
+
+    async def unenrolled_outcome(self, request: Request, caller: Caller, offer: bool) -> Outcome:
+        """The policy's outcome for an account with no active enrollment; with `offer`,
+        ENROLL in place of DENIED for root's PAM login where enroll_at_login is on."""
         ctx = self.ctx
         if not await ctx.account_exists(request.user):
-            ctx.audit(request, caller, event, "unknown_user")
-            return reply("UNKNOWN_USER")
+            return Outcome("UNKNOWN_USER")
         rules = await ctx.canonical_rules(ctx.policy.rules(request.get("service")))
         groups = await ctx.nss.run(identity.groups_of, request.user) if rules.needs_groups else frozenset()
         outcome = ctx.policy.unenrolled(rules, request.user, groups, local_today(ctx.clock()))
-        ctx.audit(request, caller, event, "not_enrolled_" + outcome.status.lower())
-        return reply(outcome.status, outcome.message)
+        if offer and outcome.status == "DENIED" and rules.enroll_at_login and is_pam(caller):
+            return Outcome("ENROLL")
+        return outcome
 
     async def verify(self, request: Request, caller: Caller) -> Reply:
         ctx = self.ctx

@@ -28,7 +28,7 @@ _EVENT_KEYS = {"enrolled": "enroll", "reset": "reset", "recovery_code_used": "re
 _TEXT = {
     "enroll": (
         "New two-factor authenticator for {user} on {host}",
-        "An authenticator app was enrolled as the second factor of account {user} on {host}.",
+        "An authenticator app was enrolled as the second factor of account {user} on {host}{where}.",
     ),
     "reset": (
         "Two-factor enrollment removed for {user} on {host}",

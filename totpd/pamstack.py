@@ -371,6 +371,29 @@ def outcomes(lines: list[Line], returns: dict[int, tuple[str, ...]]) -> dict[Out
     return results
 
 
+# Modules that check a first factor (a password, a key, a token) in an auth stack.
+FIRST_FACTOR_MODULES = (
+    "pam_unix.so", "pam_sss.so", "pam_ldap.so", "pam_krb5.so", "pam_winbind.so", "pam_userdb.so",
+    "pam_pwdfile.so", "pam_u2f.so", "pam_yubico.so", "pam_radius_auth.so", "pam_matrix.so",
+)
+
+
+def totpd_without_first_factor(lines: list[Line], returns: dict[int, tuple[str, ...]]) -> list[Step] | None:
+    """A path on which pam_totpd runs although every first-factor module before it
+    failed (or there is none), or None. enroll_at_login shows a new secret to whoever
+    reaches pam_totpd, so a failed password must stop the stack before it: `required`
+    does not (libpam runs the rest and fails at the end), `requisite` does."""
+    first = next((i for i, line in enumerate(lines) if line.is_totpd), len(lines))
+    failing = dict(returns)
+    for i in range(first):
+        if lines[i].module_name in FIRST_FACTOR_MODULES and not lines[i].broken and not lines[i].substack_header:
+            failing[i] = ("auth_err",)
+    for (_granted, answers), path in outcomes(lines, failing).items():
+        if answers:
+            return path
+    return None
+
+
 def explain(lines: list[Line], path: list[Step]) -> str:
     """A path as a person reads it: `pam_unix.so (…:3) success -> …`."""
     if not path:

@@ -34,6 +34,7 @@ class Rules:
     allow_until: datetime.date | None
     remember_host: int
     trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    enroll_at_login: bool
 
     @property
     def needs_groups(self) -> bool:
@@ -52,6 +53,7 @@ class Policy:
             config.allow_until,
             config.remember_host,
             config.trusted_networks,
+            config.enroll_at_login,
         )
         self._by_service = {name: self._merge(override) for name, override in config.services.items()}
 

@@ -20,6 +20,8 @@ HEADER_SIZE = HEADER.size  # 8
 MAX_REQUEST_PAYLOAD = 4096
 MAX_REPLY_PAYLOAD = 65536
 MAX_AUTH_REPLY_PAYLOAD = 4096
+MAX_ENROLL_REPLY_PAYLOAD = 16384  # login_enroll's reply: a QR code drawn as text
+MAX_LINES = 64  # `info` and `qr` lines in one reply
 MAX_VALUE = 1024
 MAX_MESSAGE = 512
 MAX_USER = 256
@@ -32,6 +34,9 @@ _KEY = re.compile(r"[a-z_]{1,32}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 _COMMON = {"user", "service", "rhost", "tty"}
+# Reply keys that may repeat: each is one line shown to the person, in order
+# (`qr`: a line of a QR code drawn in text, which the PAM module colours).
+LINE_KEYS = ("info", "qr")
 # verb -> (required keys, optional keys)
 VERBS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "ping": (frozenset(), frozenset()),
@@ -42,6 +47,8 @@ VERBS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
         frozenset(_COMMON | {"algorithm", "digits", "period", "issuer", "secret", "activate", "force", "proof"}),
     ),
     "confirm": (frozenset({"user", "code"}), frozenset(_COMMON)),
+    "login_enroll": (frozenset({"user"}), frozenset(_COMMON)),
+    "login_confirm": (frozenset({"user", "code"}), frozenset(_COMMON)),
     "status": (frozenset({"user"}), frozenset(_COMMON)),
     "list": (frozenset(), frozenset({"offset", "limit"})),
     "reset": (frozenset({"user"}), frozenset(_COMMON)),
@@ -83,6 +90,8 @@ class Request:
 class Reply:
     status: str
     fields: dict[str, str] = dataclasses.field(default_factory=dict)
+    # (key, text) in order, key one of LINE_KEYS: lines for the person, after the fields
+    lines: tuple[tuple[str, str], ...] = ()
 
     @property
     def message(self) -> str:
@@ -119,7 +128,10 @@ def _lines(payload: bytes) -> list[str]:
     return text[:-1].split("\n")
 
 
-def _fields(lines: list[str], value_limit: int | None) -> dict[str, str]:
+def _fields(
+    lines: list[str], value_limit: int | None, listed: list[tuple[str, str]] | None = None
+) -> dict[str, str]:
+    """key=value lines; with `listed`, LINE_KEYS lines go there, in order, and may repeat."""
     fields: dict[str, str] = {}
     for line in lines:
         key, sep, value = line.partition("=")
@@ -131,6 +143,11 @@ def _fields(lines: list[str], value_limit: int | None) -> dict[str, str]:
             raise ProtocolError(f"value of '{key}' contains a control character")
         if value_limit is not None and len(value.encode()) > value_limit:
             raise ProtocolError(f"value of '{key}' is longer than {value_limit} bytes")
+        if listed is not None and key in LINE_KEYS:
+            if len(listed) >= MAX_LINES or len(value.encode()) > MAX_MESSAGE:
+                raise ProtocolError(f"more than {MAX_LINES} lines, or a line over {MAX_MESSAGE} bytes")
+            listed.append((key, value))
+            continue
         fields[key] = value
     return fields
 
@@ -170,19 +187,21 @@ def encode_request(verb: str, fields: dict[str, str]) -> bytes:
 
 
 def encode_reply(reply: Reply) -> bytes:
-    return encode_frame(_payload(reply.status, reply.fields))
+    return encode_frame(_payload(reply.status, reply.fields, reply.lines))
 
 
 def decode_reply(payload: bytes) -> Reply:
     lines = _lines(payload)
     if not _STATUS.fullmatch(lines[0]):
         raise ProtocolError("reply does not start with a status")
-    return Reply(lines[0], _fields(lines[1:], None))
+    listed: list[tuple[str, str]] = []
+    fields = _fields(lines[1:], None, listed)
+    return Reply(lines[0], fields, tuple(listed))
 
 
-def _payload(first: str, fields: dict[str, str]) -> bytes:
+def _payload(first: str, fields: dict[str, str], listed: tuple[tuple[str, str], ...] = ()) -> bytes:
     parts = [first]
-    for key, value in fields.items():
+    for key, value in [*fields.items(), *listed]:
         value = str(value)
         if _CONTROL.search(value):
             raise ProtocolError(f"value of '{key}' contains a control character")

@@ -1,6 +1,6 @@
 """The QR code of an enrollment's otpauth:// URI: the one way totpd draws it.
 
-Terminal text (`terminal_lines`, `ascii_lines`) and image files (`png`, `svg`) all
+Terminal text (`terminal_lines`, `block_lines`, `ascii_lines`) and image files (`png`, `svg`) all
 come from one symbol made by `symbol`. The text comes back as lines, never printed
 here: totpctl prints them, and a PAM conversation can send them as messages.
 
@@ -45,19 +45,27 @@ def _rows(uri: str, border: int) -> list[list[bool]]:
     return [[bool(module) for module in row] for row in symbol(uri).matrix_iter(border=border)]
 
 
+def block_lines(uri: str) -> list[str]:
+    """The QR code as lines of half and full blocks, two module rows a line, with no
+    colour: the dark modules are the text's foreground, so it is dark on light on a
+    light theme and inverted on a dark one. Text only (no control character), for a
+    PAM conversation, where no escape arrives: OpenSSH's client shows one as text."""
+    rows = _rows(uri, TERMINAL_QUIET_ZONE)
+    if len(rows) % 2:
+        rows.append([False] * len(rows[0]))  # the lower half of the last text row: more quiet zone
+    return [
+        "".join(_HALF_BLOCKS[upper, lower] for upper, lower in zip(rows[i], rows[i + 1]))
+        for i in range(0, len(rows), 2)
+    ]
+
+
 def terminal_lines(uri: str) -> list[str]:
     """The QR code as lines of colour text: dark on light on any terminal theme.
 
     Each line sets its colours (black foreground, white background) before its
     first cell and resets them at its end, so it stands alone wherever it is shown.
     """
-    rows = _rows(uri, TERMINAL_QUIET_ZONE)
-    if len(rows) % 2:
-        rows.append([False] * len(rows[0]))  # the lower half of the last text row: more quiet zone
-    return [
-        _COLOURS + "".join(_HALF_BLOCKS[upper, lower] for upper, lower in zip(rows[i], rows[i + 1])) + _RESET
-        for i in range(0, len(rows), 2)
-    ]
+    return [_COLOURS + line + _RESET for line in block_lines(uri)]
 
 
 def ascii_lines(uri: str) -> list[str]:

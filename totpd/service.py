@@ -3,7 +3,8 @@
 Every request, from the socket or from D-Bus, takes one path: the name it gives is
 resolved to the canonical account (identity.py) and the PAM context dropped unless
 root on the socket sent it, then one handler from one dispatch table answers it
-(login.py: check, verify; lifecycle.py: the rest). A refusal that a handler raises
+(login.py: check, verify; enroll_login.py: login_enroll, login_confirm;
+lifecycle.py: the rest). A refusal that a handler raises
 is mapped to a reply here, failing closed.
 """
 
@@ -18,6 +19,7 @@ from .audit import Audit
 from .authorization import Caller
 from .config import Config
 from .context import Context, reply
+from .enroll_login import EnrollAtLogin
 from .errors import BusyError, ProtocolError, SealingError, StoreError
 from .lifecycle import Lifecycle, Session
 from .login import Login
@@ -55,12 +57,15 @@ class Service:
         self.ctx = Context(config, Batcher(store), sealer, audit, clock)
         login = Login(self.ctx)
         lifecycle = Lifecycle(self.ctx, login)
+        at_login = EnrollAtLogin(self.ctx, login, lifecycle)
         plain: dict[str, Callable[[Request, Caller], Awaitable[Reply]]] = {
             "ping": self._ping,
             "check": login.check,
             "verify": login.verify,
             "enroll": lifecycle.enroll,
             "confirm": lifecycle.confirm,
+            "login_enroll": at_login.login_enroll,
+            "login_confirm": at_login.login_confirm,
             "status": lifecycle.status,
             "list": lifecycle.list_accounts,
             "reset": lifecycle.reset,

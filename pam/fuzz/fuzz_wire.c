@@ -6,7 +6,8 @@
  * payload, so that mutations need not keep a header valid to reach the payload
  * parser. What a parse accepts must be within the protocol's limits, since the
  * module shows it on a terminal; what it refuses must leave nothing behind.
- * The input is also a request value: the builder must refuse it or frame it.
+ * The input is also a request value: the builder must refuse it or frame it; and
+ * an enrollment reply (wire_parse_reply_lines), whose lines must keep their limits.
  */
 
 #define _GNU_SOURCE
@@ -35,6 +36,27 @@ static void check(bool parsed, const struct wire_reply *reply)
         abort();
 }
 
+/* The lines an enrollment reply keeps: within their limits, text, each NUL-terminated in text. */
+static void check_lines(bool parsed, const struct wire_reply *reply, const struct wire_lines *lines)
+{
+    check(parsed, reply);
+    if (!parsed) {
+        if (lines->count != 0 || lines->used != 0)
+            abort();
+        return;
+    }
+    if (lines->count > MAX_LINES || lines->used > sizeof lines->text)
+        abort();
+    for (size_t i = 0; i < lines->count; i++) {
+        const struct wire_line *line = &lines->line[i];
+
+        if (line->len > MAX_MESSAGE || line->start + line->len >= lines->used ||
+            lines->text[line->start + line->len] != '\0' ||
+            !wire_valid_text(lines->text + line->start, line->len, MAX_MESSAGE))
+            abort();
+    }
+}
+
 static void check_request(const uint8_t *data, size_t size)
 {
     char *value = strndup((const char *)data, size);
@@ -56,8 +78,24 @@ static void check_request(const uint8_t *data, size_t size)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+    static struct wire_lines lines; /* large: off the stack; each parse starts by clearing it */
     struct wire_reply reply;
     size_t len;
+
+    if (size >= FRAME_HEADER_SIZE &&
+        wire_parse_header_limit(data, MAX_ENROLL_REPLY_PAYLOAD, &len) &&
+        len <= size - FRAME_HEADER_SIZE) {
+        unsigned char *payload = malloc(len);
+
+        if (payload == NULL)
+            abort();
+        memcpy(payload, data + FRAME_HEADER_SIZE, len);
+        check_lines(wire_parse_reply_lines(payload, len, MAX_ENROLL_REPLY_PAYLOAD, &reply, &lines),
+                    &reply, &lines);
+        free(payload);
+    }
+    check_lines(wire_parse_reply_lines(data, size, MAX_ENROLL_REPLY_PAYLOAD, &reply, &lines), &reply,
+                &lines);
 
     if (size >= FRAME_HEADER_SIZE && wire_parse_header(data, &len) &&
         len <= size - FRAME_HEADER_SIZE) {

@@ -269,6 +269,31 @@ class LoginHost:
         status = child.exitstatus if child.exitstatus is not None else -(child.signalstatus or 1)
         return transcript.getvalue(), status
 
+    def openssh_dialog(self, answer: Callable[[str], str], user: str | None = None,
+                       command: str = "id -un") -> tuple[str, int]:
+        """As `openssh`, but at each prompt (a line ending in ': ' after the key) types
+        answer(what the terminal showed since the last answer)."""
+        user = user or self.user
+        import pexpect
+
+        known_hosts = self.workdir / "known_hosts"
+        known_hosts.write_text(f"[127.0.0.1]:{self.sshd_port} ssh-ed25519 {self.host_key_b64}\n")
+        argv = ["-F", "/dev/null", "-p", str(self.sshd_port), "-i", str(self.client_key_path),
+                "-o", "IdentitiesOnly=yes", "-o", f"UserKnownHostsFile={known_hosts}",
+                "-o", "StrictHostKeyChecking=yes", "-o", "PreferredAuthentications=publickey,keyboard-interactive",
+                "-o", "NumberOfPasswordPrompts=1", "-o", "ConnectTimeout=10",
+                f"{user}@127.0.0.1", command]
+        transcript = io.StringIO()
+        child = pexpect.spawn("ssh", argv, timeout=15, encoding="utf-8", env={"PATH": os.environ["PATH"], "LANG": "C.UTF-8"})
+        child.logfile_read = transcript
+        try:
+            while child.expect([r"(?:[Cc]ode|[Pp]assword|the app|continue): ", pexpect.EOF]) == 0:
+                child.sendline(answer(child.before + child.after))
+        finally:
+            child.close()
+        status = child.exitstatus if child.exitstatus is not None else -(child.signalstatus or 1)
+        return transcript.getvalue(), status
+
     def wait_for_log(self, name: str, text: str, timeout: float = 5.0) -> bool:
         """True once `text` appears in a process's log. sshd's privilege-separated
         child logs through its monitor, so a line may land just after the client

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import sys
+import time
 
 PROMPT = "Verification code: "
 
@@ -75,3 +77,83 @@ def test_ssh_with_the_shipped_stack_lets_an_unenrolled_account_in_where_policy_a
     assert reset.returncode == 0, reset.stderr
     result = totp.host.ssh([])
     assert result.authenticated and result.prompts == [], result  # the key alone, as before enrollment
+
+
+# -- enroll_at_login -------------------------------------------------------------
+
+def _scan(screen: str, tmp_path, name: str) -> str:
+    """The secret a phone reads off `screen` (what the client showed), on a light theme."""
+    import urllib.parse
+
+    import terminal
+
+    uri = terminal.zbar(terminal.screenshot(screen.replace("\r", ""), terminal.LIGHT, tmp_path / f"{name}.png"))
+    assert uri is not None and uri.startswith("otpauth://totp/"), f"no QR code in what the client showed:\n{screen}"
+    return urllib.parse.parse_qs(urllib.parse.urlsplit(uri).query)["secret"][0]
+
+
+def _unenrolled_with_enroll_at_login(make_totp):
+    totp = make_totp(config="enroll_at_login = true\n", **SHIPPED)
+    reset = totp.host.run([sys.executable, "-m", "totpd.cli", "--socket", totp.socket, "reset", totp.host.user])
+    assert reset.returncode == 0, reset.stderr
+    return totp
+
+
+def test_a_new_account_enrolls_at_its_first_ssh_login_by_scanning_the_qr_code_and_its_next_login_needs_a_code(
+    make_totp, tmp_path
+):
+    import pyotp
+
+    totp = _unenrolled_with_enroll_at_login(make_totp)
+    found: dict[str, str] = {}
+
+    def answer(prompt: str) -> str:
+        if prompt.endswith("Code from the app: "):
+            found["secret"] = _scan(prompt, tmp_path, "paramiko")
+            found["code"] = pyotp.TOTP(found["secret"]).now()
+            return found["code"]
+        found["recovery"] = prompt
+        return ""
+
+    first = totp.host.ssh(answer)
+    assert first.authenticated, f"{first}\nsshd log:\n{totp.host.log('sshd')[-3000:]}"
+    assert first.output.strip() == totp.host.user
+    assert len(first.prompts) == 2 and first.prompts[1].endswith("Press Enter to continue: ")
+    key = "".join(line for line in first.prompts[0].splitlines() if re.fullmatch(r"  ([A-Z2-7]{4} ?)+", line)).replace(" ", "")
+    assert key == found["secret"]  # the key for typing in is the one in the QR code
+    codes = re.findall(r"\b[a-z0-9]{4}-[a-z0-9]{4}-[a-z0-9]{4}\b", found["recovery"])
+    assert len(codes) == 10, found["recovery"]
+    assert "result=confirmed" in totp.host.log("totpd") and found["secret"] not in totp.host.log("totpd")
+    # The second login asks for a code, as for any enrolled account: a wrong one is refused,
+    # the next step's code (the first one was used at enrollment) lets it in.
+    refused = totp.host.ssh([totp.wrong_code()])
+    assert not refused.authenticated and refused.prompts == [PROMPT], refused
+    again = totp.host.ssh([pyotp.TOTP(found["secret"]).at(time.time() + 30)])
+    assert again.authenticated and again.prompts == [PROMPT], again
+
+
+def test_openssh_client_enrolls_at_login_and_sees_the_qr_code_key_and_recovery_codes(make_totp, tmp_path):
+    import pyotp
+
+    totp = _unenrolled_with_enroll_at_login(make_totp)
+    seen: list[str] = []
+
+    def answer(screen: str) -> str:
+        seen.append(screen)
+        if screen.rstrip().endswith("Code from the app:"):
+            return pyotp.TOTP(_scan(screen, tmp_path, "openssh")).now()
+        return ""
+
+    transcript, status = totp.host.openssh_dialog(answer)
+    assert status == 0, transcript
+    assert len(seen) == 2 and f"({totp.host.user}@127.0.0.1) Two-factor login is required" in seen[0]
+    assert len(re.findall(r"\b[a-z0-9]{4}-[a-z0-9]{4}-[a-z0-9]{4}\b", seen[1])) == 10, seen[1]
+    assert transcript.rstrip().endswith(totp.host.user)
+
+
+def test_without_enroll_at_login_an_unenrolled_account_is_refused_with_no_qr_code(make_totp):
+    totp = make_totp(**SHIPPED)
+    reset = totp.host.run([sys.executable, "-m", "totpd.cli", "--socket", totp.socket, "reset", totp.host.user])
+    assert reset.returncode == 0, reset.stderr
+    result = totp.host.ssh([])
+    assert not result.authenticated and result.prompts == [], result

@@ -20,6 +20,8 @@ HEADER = struct.Struct(">2sBBI")
 MAX_REQUEST_PAYLOAD = 4096
 MAX_AUTH_REPLY_PAYLOAD = 4096
 MAX_MESSAGE = 512
+MAX_ENROLL_REPLY_PAYLOAD = 16384
+MAX_LINES = 64
 
 STATUS_TO_PAM = {  # docs/protocol.md "Statuses and what the PAM module does with them"
     "ACCEPTED": 0,       # PAM_SUCCESS
@@ -43,17 +45,19 @@ def reply(status: str, **fields: str) -> bytes:
     return frame(("\n".join(lines) + "\n").encode())
 
 
-def reference_status(data: bytes) -> str | None:
+def reference_status(data: bytes, enrolling: bool = False) -> str | None:
     """What a strictly conforming client that reads only `message` makes of `data` as
-    a reply to check or verify: the status, or None for anything malformed. The
-    oracle of the fuzz tests."""
+    a reply to check or verify (`enrolling`: to login_enroll or login_confirm, which
+    also reads the `info` and `qr` lines): the status, or None for anything
+    malformed. The oracle of the fuzz tests."""
     import re
 
     if len(data) < HEADER.size:
         return None
     magic, version, flags, length = HEADER.unpack(data[:HEADER.size])
     payload = data[HEADER.size:HEADER.size + length]
-    if magic != MAGIC or version != VERSION or flags != 0 or not 0 < length <= MAX_AUTH_REPLY_PAYLOAD:
+    limit = MAX_ENROLL_REPLY_PAYLOAD if enrolling else MAX_AUTH_REPLY_PAYLOAD
+    if magic != MAGIC or version != VERSION or flags != 0 or not 0 < length <= limit:
         return None
     if len(payload) < length:
         return None
@@ -66,14 +70,18 @@ def reference_status(data: bytes) -> str | None:
     lines = text[:-1].split("\n")
     if not re.fullmatch(r"[A-Z_]{1,32}", lines[0]):
         return None
-    messages = 0
+    messages = shown = 0
     for line in lines[1:]:
         key, sep, value = line.partition("=")
         if not sep or not re.fullmatch(r"[a-z_]{1,32}", key):
             return None
         if re.search(r"[\x00-\x1f\x7f-\x9f]", value):
             return None
-        if key == "message":  # the one key a client shows: at most once, at most 512 bytes
+        if enrolling and key in ("info", "qr"):  # lines to show: they may repeat, each at most 512 bytes
+            shown += 1
+            if shown > MAX_LINES or len(value.encode()) > MAX_MESSAGE:
+                return None
+        elif key == "message":  # the one key a client shows: at most once, at most 512 bytes
             messages += 1
             if messages > 1 or len(value.encode()) > MAX_MESSAGE:
                 return None

@@ -149,9 +149,11 @@ def authenticate(
     flags: int = 0,
 ) -> Result:
     """Run pam_authenticate once. `answer` replies to each echo-off/on prompt in
-    turn (a str answers every prompt); None makes the conversation fail."""
+    turn (a str answers every prompt, a callable is asked with each prompt's text
+    and answers it, or None to fail); None makes the conversation fail."""
     messages: list[tuple[int, str]] = []
-    answers = [answer] if isinstance(answer, str) else list(answer or [])
+    respond = answer if callable(answer) else None
+    answers = [answer] if isinstance(answer, str) else [] if respond else list(answer or [])
     repeat = isinstance(answer, str)
 
     def conv(n, msgs, resp_out, _appdata):
@@ -163,7 +165,14 @@ def authenticate(
             msg = msgs[i].contents
             text = (msg.msg or b"").decode("utf-8", "surrogateescape")
             messages.append((msg.msg_style, text))
-            if msg.msg_style in (PAM_PROMPT_ECHO_OFF, PAM_PROMPT_ECHO_ON):
+            if msg.msg_style in (PAM_PROMPT_ECHO_OFF, PAM_PROMPT_ECHO_ON) and respond is not None:
+                reply = respond(text)
+                if reply is None:
+                    _libc.free(ctypes.c_void_p(responses))
+                    return PAM_CONV_ERR
+                array[i].resp = _libc.strdup(reply.encode("utf-8", "surrogateescape"))
+                array[i].resp_retcode = 0
+            elif msg.msg_style in (PAM_PROMPT_ECHO_OFF, PAM_PROMPT_ECHO_ON):
                 if not answers:
                     # libpam frees what we allocated so far (calloc'ed: NULL resps are fine)
                     _libc.free(ctypes.c_void_p(responses))

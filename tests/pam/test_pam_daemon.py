@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pyotp
@@ -11,7 +12,7 @@ import pytest
 from daemonproc import wrong_code
 from pamstack import Stack
 from pamdriver import (
-    PAM_AUTH_ERR, PAM_AUTHINFO_UNAVAIL, PAM_MAXTRIES, PAM_PROMPT_ECHO_OFF, PAM_SUCCESS,
+    PAM_AUTH_ERR, PAM_AUTHINFO_UNAVAIL, PAM_MAXTRIES, PAM_PROMPT_ECHO_OFF, PAM_PROMPT_ECHO_ON, PAM_SUCCESS,
     PAM_TEXT_INFO,
 )
 
@@ -119,3 +120,71 @@ def test_forward_pass_against_the_real_daemon(daemon, totp_stack):
     secret = daemon.enroll("alice")
     totp_stack.write("forward_pass", control="requisite", after="auth required pam_permit.so")
     assert totp_stack.auth("pw" + pyotp.TOTP(secret).now(), user="alice").retcode == PAM_SUCCESS
+
+
+# -- enroll_at_login ----------------------------------------------------------------
+
+def _scan(prompt: str, directory) -> str:
+    """The secret a phone reads off the prompt's QR code (drawn in text), on a light theme."""
+    import urllib.parse
+
+    import terminal
+
+    uri = terminal.zbar(terminal.screenshot(prompt, terminal.LIGHT, directory / "prompt.png"))
+    assert uri is not None, f"no QR code in the prompt:\n{prompt}"
+    return urllib.parse.parse_qs(urllib.parse.urlsplit(uri).query)["secret"][0]
+
+
+@pytest.fixture
+def enrolling(make_daemon, workdir, pam_module):
+    """A daemon with enroll_at_login, and a stack whose first factor (pam_permit, requisite) precedes pam_totpd."""
+    daemon = make_daemon(enroll_at_login=True)
+    return daemon, Stack(workdir / "pam.d", pam_module, daemon.socket_path).write(
+        "timeout=5", before="auth requisite pam_permit.so")
+
+
+def test_an_unenrolled_account_enrolls_in_the_conversation_and_its_next_login_needs_a_code(enrolling, tmp_path):
+    daemon, stack = enrolling
+    found: dict[str, str] = {}
+
+    def respond(prompt: str) -> str:
+        if prompt.endswith("\nCode from the app: "):
+            found["secret"] = _scan(prompt, tmp_path)
+            return pyotp.TOTP(found["secret"]).now()
+        found["codes"] = prompt
+        return ""
+
+    result = stack.auth(respond, user="bob", rhost="192.0.2.7", tty="ssh")
+    assert result.retcode == PAM_SUCCESS, result
+    assert [style for style, _ in result.messages] == [PAM_PROMPT_ECHO_OFF, PAM_PROMPT_ECHO_ON]
+    assert result.prompts[1].endswith("\nPress Enter to continue: ")
+    codes = re.findall(r"\b[a-z0-9]{4}-[a-z0-9]{4}-[a-z0-9]{4}\b", found["codes"])
+    assert len(codes) == 10 and found["codes"].isascii()  # the codes reach a terminal in any locale
+    assert "rhost=192.0.2.7" in daemon.log() and found["secret"] not in daemon.log()
+    again = stack.auth(pyotp.TOTP(found["secret"]).at(time.time() + 30), user="bob", rhost="192.0.2.7")
+    assert again.retcode == PAM_SUCCESS and again.prompts == ["Verification code: "]
+    assert stack.auth(codes[0], user="bob").retcode == PAM_SUCCESS  # a recovery code shown at enrollment
+
+
+def test_a_wrong_first_code_fails_the_login_and_the_next_login_shows_the_same_qr_code(enrolling, tmp_path):
+    _daemon, stack = enrolling
+    shown: list[str] = []
+
+    def wrong(prompt: str) -> str:
+        shown.append(_scan(prompt, tmp_path))
+        return wrong_code(shown[-1])
+
+    refused = stack.auth(wrong, user="bob")
+    assert refused.retcode == PAM_AUTH_ERR and refused.errors and "Wrong verification code" in refused.errors[0]
+    assert stack.auth(None, user="bob").retcode != PAM_SUCCESS  # a conversation that fails enrolls nothing
+    right = stack.auth(lambda prompt: pyotp.TOTP(_scan(prompt, tmp_path)).now() if "Code from" in prompt else "",
+                       user="bob")
+    assert right.retcode == PAM_SUCCESS
+    assert _scan(right.prompts[0], tmp_path) == shown[0]  # one pending enrollment, shown again
+
+
+def test_enrollment_at_login_is_refused_with_forward_pass(enrolling, workdir, pam_module):
+    daemon, stack = enrolling
+    stack.write("forward_pass", before="auth requisite pam_permit.so")
+    result = stack.auth("123456", user="bob")
+    assert result.retcode == PAM_AUTH_ERR and result.prompts == []

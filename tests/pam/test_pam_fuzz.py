@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from test_pam_protocol import VECTOR_3_CHECK_ALICE_SUDO, VECTOR_4_NEED_CODE
+from test_pam_protocol import VECTOR_3_CHECK_ALICE_SUDO, VECTOR_4_NEED_CODE, VECTOR_6_ENROLL, VECTOR_7_NEED_CODE_LINES
 
 REPO = Path(__file__).resolve().parent.parent.parent
 PAM_DIR = REPO / "pam"
@@ -33,7 +33,9 @@ def test_the_seed_corpus_is_the_protocol_documents_test_vectors(tmp_path):
     assert seeds["vector-3"] == VECTOR_3_CHECK_ALICE_SUDO
     assert seeds["vector-4"] == VECTOR_4_NEED_CODE
     assert seeds["vector-4-payload"] == VECTOR_4_NEED_CODE[8:]
-    assert len([name for name in seeds if not name.endswith("-payload")]) == 10  # 4 frames, 6 malformed
+    assert seeds["vector-11"] == VECTOR_6_ENROLL  # numbered in order: vector 5 is six malformed frames
+    assert seeds["vector-12"] == VECTOR_7_NEED_CODE_LINES
+    assert len([name for name in seeds if not name.endswith("-payload")]) == 12  # 4 frames, 6 malformed, 2 enrollment
 
 
 PLANTED = {

@@ -372,6 +372,9 @@ def test_full_flow_and_hostile_input_under_asan(stack, fake_daemon, pam_module_a
 def _expected(check_reply: bytes, verify_reply: bytes) -> int:
     """What docs/protocol.md says the module returns, from the reference parser."""
     status = reference_status(check_reply)
+    if status == "ENROLL":  # login_enroll, then login_confirm, both get verify_reply: only a refusal keeps its code
+        status = reference_status(verify_reply, enrolling=True)
+        return STATUS_TO_PAM[status] if status in ("REJECTED", "DENIED", "LOCKED", "UNKNOWN_USER") else PAM_AUTHINFO_UNAVAIL
     if status == "NEED_CODE":
         status = reference_status(verify_reply)
         if status == "NEED_CODE":
@@ -381,9 +384,9 @@ def _expected(check_reply: bytes, verify_reply: bytes) -> int:
     return pamdriver.PAM_PERM_DENIED if code == pamdriver.PAM_IGNORE else code
 
 
-STATUSES = ["ACCEPTED", "NEED_CODE", "REJECTED", "DENIED", "LOCKED", "IGNORE", "UNKNOWN_USER",
+STATUSES = ["ACCEPTED", "NEED_CODE", "REJECTED", "DENIED", "LOCKED", "IGNORE", "UNKNOWN_USER", "ENROLL",
             "BUSY", "OK", "accepted", "ACCEPTED ", "", "ACCEPTED\x00", "A" * 33, "ÄCCEPTED"]
-KEYS = ["message", "prompt", "version", "x", "", "Message", "k" * 33, "a-b", "message "]
+KEYS = ["message", "prompt", "version", "x", "", "Message", "k" * 33, "a-b", "message ", "info", "qr"]
 VALUES = st.one_of(
     st.text(max_size=40),
     st.sampled_from(["ok", "", " ", "m" * 512, "m" * 513, "\x1b", "\u0085", "\u00e9", "\r"]),
@@ -408,7 +411,7 @@ def structured_reply(draw) -> bytes:
 
 
 REPLIES = st.one_of(structured_reply(), st.binary(max_size=64),
-                    st.just(reply("ACCEPTED")), st.just(NEED_CODE))
+                    st.just(reply("ACCEPTED")), st.just(NEED_CODE), st.just(reply("ENROLL")))
 
 
 class _FuzzServer:
@@ -492,3 +495,91 @@ def test_mutated_replies_under_asan_never_succeed_unless_well_formed(
 def test_code_typed_is_never_accepted_without_a_daemon_reply(stack):
     assert stack.auth("123456").retcode != PAM_SUCCESS
     assert stack.auth("").retcode in (PAM_AUTH_ERR, PAM_AUTHINFO_UNAVAIL)
+
+
+# ------------------------------------------------------- enrollment at login
+
+def _lines_reply(status: str, lines: list[tuple[str, str]]) -> bytes:
+    return frame(("\n".join([status] + [f"{key}={value}" for key, value in lines]) + "\n").encode())
+
+
+QR_ROWS = [("info", "Scan this:"), ("qr", "  \u2588\u2580\u2584 \u2588  "), ("info", "  ABCD EFGH")]
+CODES = [("info", "Recovery codes:"), ("info", "  abcd-efgh-ijkm")]
+
+
+def _enroll_handler(enroll: bytes, confirm: bytes = _lines_reply("ACCEPTED", CODES)):
+    def handler(request):
+        return {"check": reply("ENROLL"), "login_enroll": enroll, "login_confirm": confirm}.get(request.verb, b"")
+    return handler
+
+
+def test_enrollment_shows_the_lines_in_the_code_prompt_and_the_recovery_codes_in_a_last_one(stack, fake_daemon):
+    server = fake_daemon(_enroll_handler(_lines_reply("NEED_CODE", QR_ROWS)))
+    result = stack.auth(["123456", ""], user="alice", rhost="192.0.2.7")
+    assert result.retcode == PAM_SUCCESS
+    assert result.messages == [
+        (pamdriver.PAM_PROMPT_ECHO_OFF, "Scan this:\n  \u2588\u2580\u2584 \u2588  \n  ABCD EFGH\nCode from the app: "),
+        (pamdriver.PAM_PROMPT_ECHO_ON, "Recovery codes:\n  abcd-efgh-ijkm\nPress Enter to continue: "),
+    ]
+    assert server.verbs == ["check", "login_enroll", "login_confirm"]
+    assert server.received[2].fields["code"] == "123456" and server.received[2].fields["rhost"] == "192.0.2.7"
+
+
+@pytest.mark.parametrize("name, enroll", [
+    ("escape_in_a_qr_row", _lines_reply("NEED_CODE", [("qr", "\x1b[2J\u2588")])),
+    ("c1_control_in_a_line", _lines_reply("NEED_CODE", [("info", "a\u009bb")])),
+    ("line_over_512_bytes", _lines_reply("NEED_CODE", [("info", "x" * 513)])),
+    ("65_lines", _lines_reply("NEED_CODE", [("info", "x")] * 65)),
+    ("over_16384_bytes", _lines_reply("NEED_CODE", [("info", "x" * 500)] * 33)),
+    ("accepted_without_a_code", _lines_reply("ACCEPTED", CODES)),
+    ("ignore_without_a_code", reply("IGNORE")),
+])
+def test_a_bad_login_enroll_reply_fails_closed_without_a_prompt(stack, fake_daemon, name, enroll):
+    fake_daemon(_enroll_handler(enroll))
+    result = stack.auth("123456")
+    assert result.retcode == PAM_AUTHINFO_UNAVAIL, name
+    assert result.prompts == []
+
+
+def test_the_largest_enrollment_reply_is_shown(stack, fake_daemon):
+    lines = [("info", "x" * 500)] * 32
+    payload_len = len(_lines_reply("NEED_CODE", lines)) - 8
+    lines.append(("info", "y" * (16384 - payload_len - len("\ninfo="))))
+    enroll = _lines_reply("NEED_CODE", lines)
+    assert len(enroll) - 8 == 16384
+    fake_daemon(_enroll_handler(enroll))
+    assert stack.auth(["123456", ""]).retcode == PAM_SUCCESS
+
+
+@pytest.mark.parametrize("confirm, expected", [
+    (reply("REJECTED", message="Wrong verification code."), PAM_AUTH_ERR),
+    (reply("IGNORE"), PAM_AUTHINFO_UNAVAIL),
+    (reply("NEED_CODE"), PAM_AUTHINFO_UNAVAIL),
+    (_lines_reply("ACCEPTED", [("info", "\x07")]), PAM_AUTHINFO_UNAVAIL),
+])
+def test_only_an_accepted_first_code_lets_the_login_on(stack, fake_daemon, confirm, expected):
+    fake_daemon(_enroll_handler(_lines_reply("NEED_CODE", QR_ROWS), confirm))
+    result = stack.auth(["123456", ""])
+    assert result.retcode == expected
+    assert len(result.prompts) == 1
+
+
+def test_enrollment_flow_and_hostile_lines_under_asan(stack, fake_daemon, pam_module_asan, asan_env):
+    cases = {
+        "ok": (_lines_reply("NEED_CODE", QR_ROWS), _lines_reply("ACCEPTED", CODES)),
+        "huge": (_lines_reply("NEED_CODE", [("qr", "\u2588" * 170)] * 30), _lines_reply("ACCEPTED", CODES * 32)),
+        "toomany": (_lines_reply("NEED_CODE", [("info", "")] * 65), reply("ACCEPTED")),
+        "bad": (frame(b"NEED_CODE\nqr=\xe2\x96\x88\xff\n"), reply("ACCEPTED")),
+    }
+
+    def handler(request):
+        enroll, confirm = cases[request.fields["user"]]
+        return {"check": reply("ENROLL"), "login_enroll": enroll, "login_confirm": confirm}[request.verb]
+
+    fake_daemon(handler)
+    stack.write("timeout=2", module=pam_module_asan)
+    results = pamdriver.run_isolated_batch(
+        [{"service": stack.service, "user": user, "confdir": str(stack.confdir), "answer": "123456"} for user in cases],
+        env=asan_env)
+    _assert_no_sanitizer_report(results[0].stderr)
+    assert [r.retcode for r in results] == [PAM_SUCCESS, PAM_SUCCESS, PAM_AUTHINFO_UNAVAIL, PAM_AUTHINFO_UNAVAIL]

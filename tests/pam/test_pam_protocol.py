@@ -27,6 +27,10 @@ VECTOR_4_NEED_CODE = bytes.fromhex(
     "5444 0100 0000 0025 4e4545445f434f44450a70726f6d70743d566572696669636174696f6e"
     "20636f64653a200a".replace(" ", ""))
 
+VECTOR_6_ENROLL = bytes.fromhex("5444 0100 0000 0007 454e524f4c4c0a".replace(" ", ""))
+VECTOR_7_NEED_CODE_LINES = bytes.fromhex(
+    "5444 0100 0000 002a 4e4545445f434f44450a696e666f3d5363616e3a0a71723d20e29688e296800a696e666f3d41"
+    "4243440a".replace(" ", ""))
 
 # ------------------------------------------------------------- what it sends
 
@@ -390,3 +394,16 @@ def test_setcred_succeeds(stack, fake_daemon):
     import ctypes
     lib = ctypes.CDLL(stack.module)
     assert lib.pam_sm_setcred(None, 0, 0, None) == PAM_SUCCESS
+
+
+def test_enroll_vector_6_then_vector_7_shows_its_lines_in_the_code_prompt(stack, fake_daemon):
+    answers = {"check": VECTOR_6_ENROLL, "login_enroll": VECTOR_7_NEED_CODE_LINES,
+               "login_confirm": reply("REJECTED", message="Wrong verification code.")}
+    server = fake_daemon(lambda request: answers[request.verb])
+    result = stack.auth("492039", rhost="192.0.2.7", tty="ssh")
+    assert result.retcode == PAM_AUTH_ERR
+    assert result.messages[0] == (PAM_PROMPT_ECHO_OFF, "Scan:\n \u2588\u2580\nABCD\nCode from the app: ")
+    assert server.verbs == ["check", "login_enroll", "login_confirm"]
+    enroll, confirm = server.received[1:]
+    assert enroll.keys == ["user", "service", "rhost", "tty"]
+    assert confirm.fields == {**enroll.fields, "code": "492039"}
