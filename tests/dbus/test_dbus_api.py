@@ -120,7 +120,7 @@ def test_enrollment_begins_confirms_and_signals(bus, totpd_on, subscriber):
     status = ok(bus.totpd("GetStatus", "s", "alice"))[0]
     assert status["enrolled"].value is True and status["recovery_codes_left"].value == 10
     assert status["digits"].value == 6 and status["algorithm"].value == "SHA1"
-    assert logged(daemon, "event=confirm user=alice service=dbus uid=0 result=confirmed")
+    assert logged(daemon, "event=confirm user=alice service=dbus token=default uid=0 result=confirmed")
     log = daemon.log()
     assert secret not in log and not any(code in log for code in codes)
     assert polkit_checks(bus) == []
