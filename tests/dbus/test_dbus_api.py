@@ -134,6 +134,23 @@ def test_enrollment_options_are_passed_and_checked(bus, totpd_on):
     assert error(bus.totpd("BeginEnrollment", "sa{sv}", "bob", {"digits": Variant("s", "8")})) == INVALID_ARGS
 
 
+def test_tokens_are_added_confirmed_listed_and_removed_over_dbus(bus, totpd_on):
+    daemon = totpd_on(bus)
+    uri, secret, _ = ok(bus.totpd("BeginEnrollment", "sa{sv}", "alice", {"token": Variant("s", "phone")}))
+    ok(bus.totpd("ConfirmEnrollment", "ss", "alice", pyotp.TOTP(secret).now()))
+    options = {"token": Variant("s", "key"), "type": Variant("s", "hotp"), "counter": Variant("t", 7)}
+    uri, key, png = ok(bus.totpd("AddToken", "sa{sv}", "alice", options))
+    assert uri.startswith("otpauth://hotp/") and "counter=7" in uri and png.startswith(b"\x89PNG")
+    assert ok(bus.totpd("ConfirmEnrollment", "ss", "alice", pyotp.HOTP(key).at(7)))[0] == []  # recovery codes kept
+    tokens = {entry["name"].value: entry for entry in ok(bus.totpd("ListTokens", "s", "alice"))[0]}
+    assert set(tokens) == {"phone", "key"} and tokens["key"]["counter"].value == 8 and tokens["key"]["type"].value == "hotp"
+    assert error(bus.totpd("AddToken", "sa{sv}", "alice", {"force": Variant("b", True)})) == INVALID_ARGS
+    ok(bus.totpd("RemoveToken", "ss", "alice", "phone"))
+    assert error(bus.totpd("RemoveToken", "ss", "alice", "key")) == INVALID_ARGS  # the last one: that is Reset
+    assert logged(daemon, "event=token_remove user=alice service=dbus token=phone uid=0 result=done")
+    assert key not in daemon.log()
+
+
 def test_enrolling_an_enrolled_account_needs_force(bus, totpd_on):
     daemon = totpd_on(bus)
     daemon.enroll("alice")
