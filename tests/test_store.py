@@ -223,6 +223,27 @@ def test_a_login_costs_the_service_one_select_then_one_select_and_one_update(tmp
     assert statements.verbs()[1:] == ["BEGIN", "SELECT", "UPDATE", "COMMIT"], statements.all
 
 
+def test_a_verification_of_an_account_with_several_tokens_is_still_one_select_and_one_update(sqlite_store):
+    from totpd.store import Token
+
+    def write(tx: Transaction) -> None:
+        enroll(tx, "alice")
+        for name in ("phone", "key"):
+            tx.add_token("alice", Token(name, "hotp" if name == "key" else "totp", b"sealed", "SHA1", 6, 30, -1, 0, 2000.0, None))
+
+    sqlite_store.run(write)
+    statements = Statements(sqlite_store)
+
+    def unit(tx: Transaction) -> bool:
+        account = tx.get("alice")
+        assert account is not None and [token.name for token in account.tokens] == ["default", "key", "phone"]  # added, then name
+        return tx.advance_step("alice", "key", 3)
+
+    assert batch(sqlite_store, unit) == [True]
+    assert statements.verbs() == ["BEGIN", "SELECT", "UPDATE", "COMMIT"], statements.all
+    assert [last(read(sqlite_store, lambda tx: tx.get("alice")), name) for name in ("default", "key")] == [-1, 3]
+
+
 def test_a_unit_that_raises_makes_the_batch_replay_without_it_and_its_writes_are_gone(sqlite_store):
     sqlite_store.run(lambda tx: [enroll(tx, user) for user in ("alice", "bob", "carol")])
     statements = Statements(sqlite_store)
