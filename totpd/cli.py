@@ -256,6 +256,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"backoff until:   {_when(fields['locked_until'])}")
     print(f"recovery codes:  {fields.get('recovery_codes_left', '0')} left")
     print(f"token:           {fields.get('algorithm')}, {fields.get('digits')} digits, every {fields.get('period')} s")
+    if int(fields.get("tokens", "0") or 0) > 1:
+        print(f"tokens:          {fields['tokens']} (totpctl token list {user})")
     print(f"enrolled:        {_when(fields.get('created', ''))}")
     print(f"confirmed:       {_when(fields.get('confirmed', ''))}")
     synced = fields.get("clock_synchronized", "unknown")
