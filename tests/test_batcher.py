@@ -11,7 +11,7 @@ import pytest
 from totpd.sealing import Sealer, key_check
 from totpd.store import Batcher, StoreOptions, Transaction, open_store
 
-from test_store import KEY, Statements, enroll
+from test_store import KEY, Statements, enroll, last
 
 
 @pytest.fixture
@@ -23,7 +23,7 @@ def store(tmp_path):
 
 
 def step(user: str, value: int):
-    return lambda tx: tx.advance_step(user, value)
+    return lambda tx: tx.advance_step(user, "default", value)
 
 
 def test_the_units_of_one_turn_share_one_commit_and_a_later_turn_gets_its_own(store):
@@ -46,7 +46,7 @@ def test_a_unit_is_answered_only_once_its_batch_is_committed(store, tmp_path):
         batcher = Batcher(store)
         await batcher.submit(step("alice", 9))
         other = sqlite3.connect(tmp_path / "state" / "totpd.db")
-        seen_by_another_connection.append(other.execute("SELECT last_step FROM accounts WHERE user = 'alice'").fetchone())
+        seen_by_another_connection.append(other.execute("SELECT last_step FROM tokens WHERE user = 'alice'").fetchone())
         other.close()
 
     asyncio.run(run())
@@ -57,7 +57,7 @@ def test_a_read_is_answered_before_read_returns_without_a_transaction(store):
     statements = Statements(store)
 
     async def run():
-        future = Batcher(store).read(lambda tx: tx.get("bob").last_step)
+        future = Batcher(store).read(lambda tx: last(tx.get("bob")))
         return future.done(), await future
 
     assert asyncio.run(run()) == (True, -1)
@@ -73,7 +73,7 @@ def test_a_caller_that_gave_up_does_not_keep_the_rest_of_its_batch_unanswered(st
         return await kept
 
     assert asyncio.run(run()) is True
-    assert store.read(lambda tx: (tx.get("alice").last_step, tx.get("bob").last_step)).result() == (2, 2)
+    assert store.read(lambda tx: (last(tx.get("alice")), last(tx.get("bob")))).result() == (2, 2)
 
 
 def test_while_the_store_thread_holds_the_connection_a_batch_is_answered_from_there(store):
@@ -98,4 +98,4 @@ def test_while_the_store_thread_holds_the_connection_a_batch_is_answered_from_th
 
     assert asyncio.run(run()) == [True, True]
     held.result(10)
-    assert store.read(lambda tx: (tx.get("alice").last_step, tx.get("carol").last_step)).result() == (5, 5)
+    assert store.read(lambda tx: (last(tx.get("alice")), last(tx.get("carol")))).result() == (5, 5)

@@ -158,10 +158,12 @@ class EnrollAtLogin:
         if known is None:
             ctx.audit(request, caller, "login_confirm", "expired")
             return reply("DENIED", "This enrollment has expired; log in again to start over.")
-        verdict, codes = await self.lifecycle.confirm_pending(
+        confirmed = await self.lifecycle.confirm_pending(
             user, code, now, expected=known[0], service=request.get("service"), rhost=request.get("rhost")
         )
-        ctx.audit(request, caller, "login_confirm", verdict.value, level="info" if verdict is Verdict.CONFIRMED else "warning")
+        verdict, codes = confirmed.verdict, confirmed.codes
+        ctx.audit(request, caller, "login_confirm", verdict.value, level="info" if verdict is Verdict.CONFIRMED else "warning",
+                  token=confirmed.token)
         if verdict is Verdict.CONFIRMED:
             self.pending.end(user)
             lines = [

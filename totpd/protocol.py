@@ -37,6 +37,9 @@ _COMMON = {"user", "service", "rhost", "tty"}
 # Reply keys that may repeat: each is one line shown to the person, in order
 # (`qr`: a line of a QR code drawn in text, which the PAM module colours).
 LINE_KEYS = ("info", "qr")
+TOKEN_NAME = re.compile(r"[a-z0-9_.-]{1,32}")
+TOKEN_TYPES = ("totp", "hotp")
+DEFAULT_TOKEN = "default"
 # verb -> (required keys, optional keys)
 VERBS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "ping": (frozenset(), frozenset()),
@@ -44,8 +47,15 @@ VERBS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "verify": (frozenset({"user", "code"}), frozenset(_COMMON)),
     "enroll": (
         frozenset({"user"}),
-        frozenset(_COMMON | {"algorithm", "digits", "period", "issuer", "secret", "activate", "force", "proof"}),
+        frozenset(_COMMON | {"algorithm", "digits", "period", "issuer", "secret", "activate", "force", "proof", "token", "type", "counter"}),
     ),
+    "token_add": (
+        frozenset({"user"}),
+        frozenset(_COMMON | {"algorithm", "digits", "period", "issuer", "secret", "activate", "proof", "token", "type", "counter"}),
+    ),
+    "token_list": (frozenset({"user"}), frozenset(_COMMON)),
+    "resync": (frozenset({"user", "code", "next_code"}), frozenset(_COMMON | {"token"})),
+    "token_remove": (frozenset({"user", "token"}), frozenset(_COMMON)),
     "confirm": (frozenset({"user", "code"}), frozenset(_COMMON)),
     "login_enroll": (frozenset({"user"}), frozenset(_COMMON)),
     "login_confirm": (frozenset({"user", "code"}), frozenset(_COMMON)),
@@ -56,7 +66,7 @@ VERBS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "recovery_codes": (frozenset({"user"}), frozenset(_COMMON | {"proof"})),
     "import_add": (
         frozenset({"user", "secret"}),
-        frozenset({"algorithm", "digits", "period", "last_step", "recovery_codes"}),
+        frozenset({"algorithm", "digits", "period", "last_step", "recovery_codes", "token", "type", "counter"}),
     ),
     "import_commit": (frozenset(), frozenset({"force", "dry_run"})),
 }
