@@ -9,6 +9,7 @@ read. Nothing here talks to the daemon or stores anything.
 - pam_oath: its usersfile (`HOTP/T30[/DIGITS] user pin hexsecret [moving-factor ...]`);
   TOTP entries only, HOTP entries are reported and skipped.
 - tsv: `user<TAB>base32secret[<TAB>algorithm<TAB>digits<TAB>period]`, for bulk provisioning.
+- PSKC (RFC 6030) key containers: pskc.py, which returns the same records.
 """
 
 from __future__ import annotations
@@ -31,7 +32,10 @@ class Imported:
     period: int = 30
     last_step: int = -1  # the last time step the old tool accepted: a used code stays used
     recovery_codes: list[str] | None = None
-    line: int = 0
+    line: int = 0  # where it came from: the line, or (PSKC) the key package's number
+    token: str = "default"  # the token's name within the account
+    type: str = "totp"  # "totp" or "hotp"
+    counter: int = 0  # HOTP: the next counter value to accept; codes below it stay used
 
 
 @dataclasses.dataclass
