@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pyotp
 
 import wire
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "pam"))
+import pamdriver  # noqa: E402
 
 
 def verify(daemon, user: str, code: str):
@@ -83,6 +88,21 @@ def test_a_pam_oath_usersfile_imports_totp_entries_and_reports_hotp_ones(daemon,
     carol_code = subprocess.run(["oathtool", "--totp", "--digits=8", "-s", "60s", carol], capture_output=True, text=True, check=True).stdout.strip()
     assert verify(daemon, "alice", alice_code).status == "ACCEPTED"
     assert verify(daemon, "carol", carol_code).status == "ACCEPTED"
+
+
+def test_a_totp_code_pam_oath_accepted_before_the_import_stays_used(daemon, tmp_path):
+    secret = "3132333435363738393031323334353637383930"
+    usersfile = tmp_path / "users.oath"
+    usersfile.write_text(f"HOTP/T30 root - {secret}\n")
+    usersfile.chmod(0o600)
+    step = int(time.time()) // 30
+    code = subprocess.run(["oathtool", "--totp", secret, f"--now=@{step * 30 + 1}"], capture_output=True, text=True, check=True).stdout.strip()
+    confdir = pamdriver.write_confdir(str(tmp_path / "pam.d"), "oathlogin", f"auth required pam_oath.so usersfile={usersfile} window=5")
+    assert pamdriver.authenticate("oathlogin", "root", confdir, code).retcode == pamdriver.PAM_SUCCESS
+    assert daemon.ctl("import", "oath", str(usersfile)).returncode == 0
+    assert verify(daemon, "root", code).status == "REJECTED"
+    later = subprocess.run(["oathtool", "--totp", secret, f"--now=@{(step + 1) * 30 + 1}"], capture_output=True, text=True, check=True).stdout.strip()
+    assert verify(daemon, "root", later).status == "ACCEPTED"
 
 
 def test_one_entry_of_an_oath_usersfile_with_user(daemon, tmp_path):

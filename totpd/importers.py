@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import binascii
 import dataclasses
+import hmac
 import re
+import time
 
 from . import otp
 from .errors import ImportFileError, ProtocolError
@@ -162,12 +164,40 @@ def oath(path: str, only_user: str | None = None) -> ImportResult:
             if not fields[4].isdigit():
                 raise ImportFileError(f"{path}:{number}: the moving factor is not a number")
             last_step = int(fields[4])
+        last_step = max(last_step, _oath_last_step(path, number, secret_bytes, params, fields))
         if pin not in ("-", "+"):
             notes.append(f"{path}:{number}: {user}: the PIN is not carried over (the password module asks for the first factor)")
         accounts.append(Imported(user, secret, params.algorithm, params.digits, params.period, last_step, None, number))
     if only_user is not None and not accounts and not any(f": {only_user}: " in note for note in notes):
         raise ImportFileError(f"{path}: no entry for {only_user}")
     return ImportResult(accounts, notes)
+
+
+OATH_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SL"  # liboath's, in local time
+OATH_SEARCH_STEPS = 20  # around the last login's time: wider than any pam_oath window in use
+
+
+def _oath_last_step(path: str, number: int, secret: bytes, params: otp.Params, fields: list[str]) -> int:
+    """The time step of the code pam_oath last accepted, so that it stays used.
+
+    For TOTP entries liboath (usersfile.c) keeps no time step: its moving factor
+    stays the window offset it started from, and it records the accepted code and the
+    local time of the login instead; the step is the one near that time with that code.
+    """
+    if len(fields) < 7:
+        return -1
+    try:
+        when = time.mktime(time.strptime(fields[6], OATH_TIME_FORMAT))
+    except (ValueError, OverflowError):
+        raise ImportFileError(f"{path}:{number}: the last login's time is not liboath's YYYY-MM-DDTHH:MM:SSL") from None
+    around = otp.time_step(when, params)
+    digest = params.algorithm.lower()
+    matched = [
+        step
+        for step in range(max(0, around - OATH_SEARCH_STEPS), around + OATH_SEARCH_STEPS + 1)
+        if hmac.compare_digest(otp.hotp(secret, step, params.digits, digest), fields[5])
+    ]
+    return max(matched, default=around)
 
 
 def tsv(path: str) -> ImportResult:
