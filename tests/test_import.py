@@ -155,3 +155,19 @@ def test_importing_accounts_this_host_does_not_know_is_refused_whole(make_daemon
     result = daemon.ctl("import", "tsv", str(path))
     assert result.returncode == 1 and f"{path}:2: no-such-user-qq" in result.stderr
     assert json.loads(daemon.ctl("list", "--json").stdout) == []
+
+
+def test_import_add_takes_a_token_name_type_and_counter(daemon):
+    from totpd.client import Client
+
+    secret = pyotp.random_base32()
+    with Client(daemon.socket_path) as client:
+        assert client.call("import_add", user="alice", secret=secret, token="phone", type="totp", counter=0).status == "OK"
+        bad = client.call("import_add", user="bob", secret=secret, token="Not A Name")
+        assert bad.status == "BAD_REQUEST" and "'token'" in bad.message
+        bad = client.call("import_add", user="bob", secret=secret, type="sms")
+        assert bad.status == "BAD_REQUEST" and "'type'" in bad.message
+        bad = client.call("import_add", user="bob", secret=secret, type="hotp", counter="-3")
+        assert bad.status == "BAD_REQUEST"
+        assert client.call("import_commit").fields["created"] == "1"
+    assert verify(daemon, "alice", pyotp.TOTP(secret).now()).status == "ACCEPTED"

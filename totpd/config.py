@@ -46,6 +46,10 @@ class Config:
     smtp: "SmtpConfig | None" = None
     window: int = 1
     max_failures: int = 20
+    max_tokens: int = 8
+    hotp_window: int = 10
+    hotp_resync_window: int = 1000
+    max_skew: int = 3
     lock_duration: int = 0
     backoff_after: int = 3
     backoff_initial: float = 1.0
@@ -286,6 +290,10 @@ _KEYS: dict[str, Callable[[Any], Any]] = {
     "smtp": _smtp,
     "window": _int_range(0, 10),
     "max_failures": _int_range(1, 100),
+    "max_tokens": _int_range(1, 64),
+    "hotp_window": _int_range(0, 100),
+    "hotp_resync_window": _int_range(1, 100000),
+    "max_skew": _int_range(0, 10),
     "lock_duration": _seconds,
     "backoff_after": _int_range(1, 100),
     "backoff_initial": _positive_number,

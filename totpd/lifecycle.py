@@ -18,7 +18,7 @@ from .context import Context, int_field, params_of, reply, request_params
 from .decisions import Verdict
 from .errors import ProtocolError
 from .login import Login
-from .protocol import MAX_LIST_LIMIT, MAX_REPLY_PAYLOAD, Reply, Request
+from .protocol import DEFAULT_TOKEN, MAX_LIST_LIMIT, MAX_REPLY_PAYLOAD, TOKEN_NAME, TOKEN_TYPES, Reply, Request
 from .sealing import secret_context
 from .store import Account, Reader, Transaction
 
@@ -27,13 +27,23 @@ MAX_STAGED = 1_000_000
 
 
 @dataclasses.dataclass(frozen=True)
-class Staged:
-    """One account of a bulk import, sealed and waiting for import_commit."""
+class StagedToken:
+    """One token of an account in a bulk import, sealed and waiting for import_commit."""
 
-    user: str
+    name: str
+    type: str  # "totp" or "hotp"
     sealed: bytes
     params: otp.Params
-    last_step: int
+    last_step: int  # TOTP: the last step the old tool accepted, or -1
+    counter: int  # HOTP: the next counter value expected (the old tool's moving factor)
+
+
+@dataclasses.dataclass
+class Staged:
+    """One account of a bulk import: its tokens, in the order given, and recovery codes."""
+
+    user: str
+    tokens: dict[str, StagedToken]
     recovery_hashes: list[str] | None
 
 
@@ -263,10 +273,20 @@ class Lifecycle:
         if refusal := await ctx.admin_only(request, caller, "import", "import accounts"):
             return refusal
         user = request.user
-        if user in session.staged:
-            raise ProtocolError(f"account '{user}' appears twice in this import")
-        if len(session.staged) >= MAX_STAGED:
+        token, kind = request.get("token", DEFAULT_TOKEN), request.get("type", "totp")
+        if not TOKEN_NAME.fullmatch(token):
+            raise ProtocolError(f"{user}: 'token' must be 1 to 32 of a-z, 0-9, '_', '.', '-'")
+        if kind not in TOKEN_TYPES:
+            raise ProtocolError(f"{user}: 'type' must be totp or hotp")
+        account = session.staged.get(user)
+        if account is not None and token in account.tokens:
+            raise ProtocolError(f"account '{user}' token '{token}' appears twice in this import")
+        if kind == "hotp" or account is not None:  # until the store holds several tokens (next commit)
+            raise ProtocolError(f"{user}: this daemon stores one TOTP token per account so far")
+        if account is None and len(session.staged) >= MAX_STAGED:
             raise ProtocolError(f"an import holds at most {MAX_STAGED} accounts; split the file")
+        if account is not None and len(account.tokens) >= ctx.config.max_tokens:
+            raise ProtocolError(f"{user}: an account holds at most {ctx.config.max_tokens} tokens (max_tokens)")
         try:
             secret = otp.decode_secret(request.get("secret"))
             params = request_params(request)
@@ -275,12 +295,22 @@ class Lifecycle:
         raw_step = request.get("last_step", "-1")
         if not re.fullmatch(r"-1|\d{1,15}", raw_step):
             raise ProtocolError("'last_step' must be -1 or a whole number")
-        last_step = int(raw_step)
+        raw_counter = request.get("counter", "0")
+        if not re.fullmatch(r"\d{1,15}", raw_counter):
+            raise ProtocolError("'counter' must be a whole number")
         hashes = None
         if "recovery_codes" in request.fields:
+            if account is not None and account.recovery_hashes is not None:
+                raise ProtocolError(f"account '{user}' has recovery codes twice in this import")
             codes = request.get("recovery_codes").split()
             hashes = await ctx.argon2.run(recovery.hash_codes, codes)
-        session.staged[user] = Staged(user, ctx.sealer.seal(secret, secret_context(user)), params, last_step, hashes)
+        if account is None:
+            account = session.staged[user] = Staged(user, {}, None)
+        if hashes is not None:
+            account.recovery_hashes = hashes
+        account.tokens[token] = StagedToken(
+            token, kind, ctx.sealer.seal(secret, secret_context(user)), params, int(raw_step), int(raw_counter)
+        )
         return reply("OK", staged=len(session.staged))
 
     async def import_commit(self, request: Request, caller: Caller, session: Session | None) -> Reply:
@@ -312,13 +342,14 @@ class Lifecycle:
                 (replaced if existing is not None else created).append(item.user)
                 if dry_run:
                     continue
+                token = next(iter(item.tokens.values()))
                 same = existing is not None and existing.active and ctx.same_secret(
-                    existing, ctx.sealer.open(item.sealed, secret_context(item.user)), item.user
+                    existing, ctx.sealer.open(token.sealed, secret_context(item.user)), item.user
                 )
-                tx.put_pending(item.user, item.sealed, item.params.algorithm, item.params.digits, item.params.period, now)
+                tx.put_pending(item.user, token.sealed, token.params.algorithm, token.params.digits, token.params.period, now)
                 tx.activate_pending(item.user, now, keep_replay_state=same)
-                if item.last_step >= 0:
-                    tx.advance_step(item.user, item.last_step)
+                if token.last_step >= 0:
+                    tx.advance_step(item.user, token.last_step)
                 tx.replace_recovery_codes(item.user, item.recovery_hashes or [])
             return created, replaced, skipped
 

@@ -32,6 +32,9 @@ _KEY = re.compile(r"[a-z_]{1,32}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 _COMMON = {"user", "service", "rhost", "tty"}
+TOKEN_NAME = re.compile(r"[a-z0-9_.-]{1,32}")
+TOKEN_TYPES = ("totp", "hotp")
+DEFAULT_TOKEN = "default"
 # verb -> (required keys, optional keys)
 VERBS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "ping": (frozenset(), frozenset()),
@@ -49,7 +52,7 @@ VERBS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "recovery_codes": (frozenset({"user"}), frozenset(_COMMON | {"proof"})),
     "import_add": (
         frozenset({"user", "secret"}),
-        frozenset({"algorithm", "digits", "period", "last_step", "recovery_codes"}),
+        frozenset({"algorithm", "digits", "period", "last_step", "recovery_codes", "token", "type", "counter"}),
     ),
     "import_commit": (frozenset(), frozenset({"force", "dry_run"})),
 }
