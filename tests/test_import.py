@@ -63,25 +63,16 @@ def test_a_code_google_authenticator_already_accepted_stays_used(daemon, tmp_pat
     assert verify(daemon, "alice", oathtool(secret, at=(used_step + 1) * 30)).status == "ACCEPTED"
 
 
-def test_an_hotp_google_authenticator_file_is_refused_clearly(daemon, tmp_path):
-    path = tmp_path / "ga"
-    subprocess.run(["google-authenticator", "-c", "-f", "-u", "-w", "3", "-Q", "NONE", "-q", "-s", str(path)], check=True, capture_output=True)
-    result = daemon.ctl("import", "google-authenticator", "--user", "alice", str(path))
-    assert result.returncode == 2 and "HOTP" in result.stderr
-
-
-def test_a_pam_oath_usersfile_imports_totp_entries_and_reports_hotp_ones(daemon, tmp_path):
+def test_a_pam_oath_usersfile_imports_its_totp_entries(daemon, tmp_path):
     alice, carol = "3132333435363738393031323334353637383930", "00112233445566778899aabbccddeeff00112233"
     usersfile = tmp_path / "users.oath"
     usersfile.write_text(
         "# pam_oath usersfile\n"
         f"HOTP/T30 alice - {alice}\n"
-        "HOTP bob - 3132333435363738393031323334353637383930 0\n"
         f"HOTP/T60/8 carol - {carol} 0\n"
     )
     dry = daemon.ctl("import", "oath", str(usersfile), "--dry-run")
     assert dry.returncode == 0 and "would import: 2 new" in dry.stdout
-    assert "bob: event-based (HOTP) entry skipped" in dry.stderr
     assert verify(daemon, "alice", "123456").status == "DENIED"  # the dry run wrote nothing
     assert daemon.ctl("import", "oath", str(usersfile)).returncode == 0
     alice_code = subprocess.run(["oathtool", "--totp", alice], capture_output=True, text=True, check=True).stdout.strip()
@@ -171,3 +162,4 @@ def test_import_add_takes_a_token_name_type_and_counter(daemon):
         assert bad.status == "BAD_REQUEST"
         assert client.call("import_commit").fields["created"] == "1"
     assert verify(daemon, "alice", pyotp.TOTP(secret).now()).status == "ACCEPTED"
+

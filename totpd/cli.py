@@ -352,6 +352,9 @@ def _import_fields(account: Any) -> dict[str, object]:
         "digits": account.digits,
         "period": account.period,
         "last_step": account.last_step,
+        "token": account.token,
+        "type": account.type,
+        "counter": account.counter,
     }
     if account.recovery_codes is not None:
         fields["recovery_codes"] = " ".join(account.recovery_codes)
