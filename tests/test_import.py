@@ -1,16 +1,21 @@
-"""Migration from google-authenticator-libpam and pam_oath files, and bulk TSV provisioning."""
+"""Migration from google-authenticator-libpam and pam_oath files and PSKC key containers, and bulk TSV provisioning."""
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pyotp
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
 import wire
+from test_pskc import Sealer, container, package, password_header, psk_header
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "pam"))
 import pamdriver  # noqa: E402
@@ -163,3 +168,68 @@ def test_import_add_takes_a_token_name_type_and_counter(daemon):
         assert client.call("import_commit").fields["created"] == "1"
     assert verify(daemon, "alice", pyotp.TOTP(secret).now()).status == "ACCEPTED"
 
+
+def test_a_tampered_pskc_file_is_refused_in_one_line_and_nothing_is_imported(daemon, tmp_path):
+    sealer = Sealer(os.urandom(16))
+    text = container(package("HW-1", os.urandom(20), user="alice", sealer=sealer), header=psk_header(sealer))
+    start = text.index("<ValueMAC>") + len("<ValueMAC>")
+    text = text[:start] + base64.b64encode(os.urandom(20)).decode() + text[text.index("</ValueMAC>") :]
+    path = tmp_path / "tokens.pskcxml"
+    path.write_text(text)
+    result = daemon.ctl("import", "pskc", str(path), "--key-file", _key_file(tmp_path, sealer))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"totpctl: {path}: key package 1 (serial HW-1): MAC mismatch: the file was changed, or the key or password is wrong"]
+    assert sealer.key.hex() not in result.stderr
+    assert json.loads(daemon.ctl("list", "--json").stdout) == []
+
+
+def test_pskc_options_belong_to_import_pskc(daemon, tmp_path):
+    path = tmp_path / "x.tsv"
+    path.write_text(f"alice\t{pyotp.random_base32()}\n")
+    result = daemon.ctl("import", "tsv", str(path), "--user-map", str(path))
+    assert result.returncode == 2 and "--user-map is for import pskc only" in result.stderr
+    result = daemon.ctl("import", "pskc", str(path), "--key-file", str(path), "--password-file", str(path))
+    assert result.returncode == 2 and "not allowed with argument" in result.stderr
+    doctype = tmp_path / "bomb.pskcxml"
+    doctype.write_text('<?xml version="1.0"?>\n<!DOCTYPE x [<!ENTITY a "aaaa">]>\n<KeyContainer/>\n')
+    result = daemon.ctl("import", "pskc", str(doctype))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "DTD" in result.stderr
+
+
+def _key_file(tmp_path, sealer: Sealer) -> str:
+    key_file = tmp_path / "transport.hex"
+    key_file.write_text(sealer.key.hex() + "\n")
+    return str(key_file)
+
+
+def test_a_pskc_totp_token_imports_and_takes_oathtools_code_once(daemon, tmp_path):
+    sealer = Sealer(os.urandom(16))
+    secret = os.urandom(20)
+    path = tmp_path / "tokens.pskcxml"
+    path.write_text(container(package("TT-0002", secret, kind="totp", digits=8, sealer=sealer), header=psk_header(sealer)))
+    owners = tmp_path / "owners.tsv"
+    owners.write_text("TT-0002\talice\n")
+    result = daemon.ctl("import", "pskc", str(path), "--key-file", _key_file(tmp_path, sealer), "--user-map", str(owners))
+    assert result.returncode == 0, result.stderr
+    assert "imported: 1 new" in result.stdout
+    code = subprocess.run(["oathtool", "--totp", "--digits=8", secret.hex()], capture_output=True, text=True, check=True).stdout.strip()
+    assert verify(daemon, "alice", code).status == "ACCEPTED"
+    assert verify(daemon, "alice", code).status == "REJECTED"
+
+
+def test_a_password_encrypted_pskc_file_dry_run_writes_nothing(daemon, tmp_path):
+    salt, password = os.urandom(16), "a long transport password"
+    key = PBKDF2HMAC(algorithm=hashes.SHA1(), length=16, salt=salt, iterations=1000).derive(password.encode())
+    sealer = Sealer(key)
+    secret = os.urandom(20)
+    path = tmp_path / "tokens.pskcxml"
+    path.write_text(container(package("PW-1", secret, kind="totp", user="bob", sealer=sealer), header=password_header(sealer, salt, 1000)))
+    password_file = tmp_path / "password"
+    password_file.write_text(password + "\n")
+    dry = daemon.ctl("import", "pskc", str(path), "--password-file", str(password_file), "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    assert json.loads(dry.stdout)["created"] == 1
+    assert json.loads(daemon.ctl("list", "--json").stdout) == []
+    assert password not in dry.stdout + dry.stderr
+    assert daemon.ctl("import", "pskc", str(path), "--password-file", str(password_file)).returncode == 0
+    assert verify(daemon, "bob", pyotp.TOTP(base64.b32encode(secret).decode()).now()).status == "ACCEPTED"

@@ -258,7 +258,7 @@ def _container_keys(path: str, root: ET.Element, key: bytes | None, password: by
         try:
             keys.mac_key = _decrypt(mac_key, keys.key)
         except _Refused as exc:
-            raise ImportFileError(f"{path}: the MAC key: {exc}") from None
+            raise ImportFileError(f"{path}: MACMethod/MACKey {exc}") from None
     if (key is not None or password is not None) and not any(root.iter(_q("EncryptedValue"))):
         notes.append(f"{path}: nothing in the file is encrypted; the key or password was not needed")
     return keys
@@ -476,7 +476,7 @@ def _decrypt(encrypted: ET.Element, key: bytes) -> bytes:
     padded = decryptor.update(raw[16:]) + decryptor.finalize()
     pad = padded[-1]
     if not 1 <= pad <= 16 or padded[-pad:] != bytes([pad]) * pad:
-        raise _Refused("does not decrypt: the key or password is wrong, or the file is damaged")
+        raise _Refused("does not decrypt: the key or the password is wrong, or the file is damaged")
     return padded[:-pad]
 
 
