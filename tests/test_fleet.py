@@ -64,7 +64,7 @@ def enroll_fast(daemon, user: str) -> str:
 
 def last_steps(dsn: str) -> dict[str, int]:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        return dict(conn.execute('SELECT "user", last_step FROM accounts').fetchall())
+        return dict(conn.execute('SELECT "user", last_step FROM tokens').fetchall())
 
 
 # -- one enrollment, every host --------------------------------------------------------
@@ -125,7 +125,7 @@ def test_daemons_starting_together_on_a_new_database_migrate_it_once(make_daemon
         handle.write(os.urandom(32))
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         list(pool.map(lambda host: host.start(), hosts))
-    assert postgres.sql("SELECT version FROM totpd_schema", dbname=pg_database) == [(1,)]
+    assert postgres.sql("SELECT version FROM totpd_schema", dbname=pg_database) == [(1,), (2,)]
     secret = hosts[0].enroll("alice")
     assert verify(hosts[3], "alice", code(secret)).status == "ACCEPTED"
 

@@ -220,11 +220,11 @@ def test_sigkill_during_load_never_loses_an_acknowledged_code_enrollment_or_reco
         db = sqlite3.connect(database)
         try:
             assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-            last = dict(db.execute("SELECT user, last_step FROM accounts").fetchall())
+            last = dict(db.execute("SELECT user, last_step FROM tokens").fetchall())
             for user, step in load.accepted.items():
                 assert last[user] >= step, (user, step, last[user])
             for user, secret in load.enrolled.items():
-                row = db.execute("SELECT secret FROM accounts WHERE user = ?", (user,)).fetchone()
+                row = db.execute("SELECT secret FROM tokens WHERE user = ?", (user,)).fetchone()
                 assert row is not None and row[0] is not None, user
                 assert pyotp.TOTP(secret).byte_secret() == sealer.open(row[0], secret_context(user))
         finally:
@@ -484,7 +484,7 @@ def test_a_secret_never_opens_with_the_wrong_key_or_in_another_account(make_daem
     right = Sealer(load_key(daemon.settings["key_file"], create=False))
     wrong = Sealer(os.urandom(32))
     db = sqlite3.connect(database)
-    rows = dict(db.execute("SELECT user, secret FROM accounts").fetchall())
+    rows = dict(db.execute("SELECT user, secret FROM tokens").fetchall())
     from totpd.errors import SealingError
 
     for user, sealed in rows.items():
@@ -493,7 +493,7 @@ def test_a_secret_never_opens_with_the_wrong_key_or_in_another_account(make_daem
             wrong.open(sealed, secret_context(user))
     # A sealed secret moved into another account's row does not open there: the daemon
     # fails that verification closed (UNAVAILABLE, a log line), it never accepts.
-    db.execute("UPDATE accounts SET secret = ? WHERE user = 'bob'", (rows["alice"],))
+    db.execute("UPDATE tokens SET secret = ? WHERE user = 'bob'", (rows["alice"],))
     db.commit()
     db.close()
     daemon.start()

@@ -53,6 +53,13 @@ def enroll(tx: Transaction, user: str, secret: bytes = b"s" * 20) -> None:
     tx.activate_pending(user, 1001.0)
 
 
+def last(account: Account, token: str = "default") -> int:
+    """A token's last accepted step."""
+    found = account.token(token)
+    assert found is not None
+    return found.last_step
+
+
 class Statements:
     """What SQLite ran on the store's connection, by first word, from the moment it is made."""
 
@@ -94,15 +101,16 @@ def test_every_operation_does_the_same_on_both_backends(store):
 
     store.run(write)
     alice = read(store, lambda tx: tx.get("alice"))
-    assert isinstance(alice, Account) and alice.active and alice.last_step == -1 and alice.locked is False
-    assert (alice.algorithm, alice.digits, alice.period, alice.confirmed) == ("SHA1", 6, 30, 1001.0)
+    assert isinstance(alice, Account) and alice.active and last(alice) == -1 and alice.locked is False
+    token = alice.token("default")
+    assert (token.type, token.algorithm, token.digits, token.period, alice.confirmed) == ("totp", "SHA1", 6, 30, 1001.0)
     carol = read(store, lambda tx: tx.get("carol"))
     assert not carol.active and (carol.pending_algorithm, carol.pending_digits, carol.pending_period) == ("SHA256", 8, 60)
 
-    assert store.run(lambda tx: tx.advance_step("alice", 5)) is True
-    assert store.run(lambda tx: tx.advance_step("alice", 5)) is False  # only a later step
+    assert store.run(lambda tx: tx.advance_step("alice", "default", 5)) is True
+    assert store.run(lambda tx: tx.advance_step("alice", "default", 5)) is False  # only a later step
     store.run(lambda tx: tx.set_failures("bob", 3, 2000.5, True))
-    assert store.run(lambda tx: tx.advance_step("bob", 9)) is False  # never while hard-locked
+    assert store.run(lambda tx: tx.advance_step("bob", "default", 9)) is False  # never while hard-locked
     assert store.run(lambda tx: tx.use_recovery_code("alice", 1)) is True
     assert store.run(lambda tx: tx.use_recovery_code("alice", 1)) is False
 
@@ -116,7 +124,7 @@ def test_every_operation_does_the_same_on_both_backends(store):
     assert read(store, lambda tx: tx.get_meta("note")) == b"\x00\xff"
     assert read(store, lambda tx: tx.get_meta("absent")) is None
 
-    copy = alice._replace(user="dave", last_step=7, locked=True)
+    copy = alice._replace(user="dave", locked=True, tokens=(token._replace(last_step=7), token._replace(name="key", type="hotp")))
     store.run(lambda tx: tx.restore(copy, [(4, "h4")]))
     assert read(store, lambda tx: (tx.get("dave"), tx.recovery_hashes("dave"))) == (copy, [(4, "h4")])
     assert store.run(lambda tx: tx.delete("dave")) is True
@@ -132,19 +140,19 @@ def test_a_unit_that_raises_leaves_nothing_written_and_its_batch_commits_the_res
         tx.set_failures("bob", 7, 0.0, False)
         raise ValueError("a bug in a unit")
 
-    outcomes = batch(store, lambda tx: tx.advance_step("alice", 3), broken, lambda tx: tx.advance_step("carol", 4))
+    outcomes = batch(store, lambda tx: tx.advance_step("alice", "default", 3), broken, lambda tx: tx.advance_step("carol", "default", 4))
     assert outcomes[0] is True and outcomes[2] is True
     assert isinstance(outcomes[1], ValueError)
     after = read(store, lambda tx: [tx.get(user) for user in ("alice", "bob", "carol")])
-    assert [account.last_step for account in after] == [3, -1, 4]
+    assert [last(account) for account in after] == [3, -1, 4]
     assert after[1].failures == 0
 
 
 def test_a_read_gets_no_write_methods(store):
     store.run(lambda tx: enroll(tx, "alice"))
     with pytest.raises(AttributeError):
-        read(store, lambda tx: tx.advance_step("alice", 10))
-    assert read(store, lambda tx: tx.get("alice")).last_step == -1
+        read(store, lambda tx: tx.advance_step("alice", "default", 10))
+    assert read(store, lambda tx: tx.get("alice")).token("default").last_step == -1
     assert isinstance(read(store, lambda tx: tx), Reader) and not isinstance(read(store, lambda tx: tx), Transaction)
 
 
@@ -176,7 +184,7 @@ def test_a_batch_of_verifications_is_one_select_and_one_update_each_between_one_
         def unit(tx: Transaction) -> bool:
             account = tx.get(user)
             assert account is not None
-            return tx.advance_step(user, account.last_step + 10)
+            return tx.advance_step(user, "default", last(account) + 10)
 
         return unit
 
@@ -223,7 +231,7 @@ def test_a_unit_that_raises_makes_the_batch_replay_without_it_and_its_writes_are
         tx.set_failures("bob", 7, 0.0, False)
         raise ValueError("a bug in a unit")
 
-    outcomes = batch(sqlite_store, lambda tx: tx.advance_step("alice", 3), broken, lambda tx: tx.advance_step("carol", 4))
+    outcomes = batch(sqlite_store, lambda tx: tx.advance_step("alice", "default", 3), broken, lambda tx: tx.advance_step("carol", "default", 4))
     assert outcomes[0] is True and isinstance(outcomes[1], ValueError) and outcomes[2] is True
     # The first run stops at the unit that raised; the replay leaves it out, each unit
     # in a savepoint of its own, and commits the rest once.
@@ -232,7 +240,7 @@ def test_a_unit_that_raises_makes_the_batch_replay_without_it_and_its_writes_are
         "BEGIN", "SAVEPOINT", "UPDATE", "RELEASE", "SAVEPOINT", "UPDATE", "RELEASE", "COMMIT",
     ], statements.all
     accounts = read(sqlite_store, lambda tx: [tx.get(user) for user in ("alice", "bob", "carol")])
-    assert [(account.last_step, account.failures) for account in accounts] == [(3, 0), (-1, 0), (4, 0)]
+    assert [(last(account), account.failures) for account in accounts] == [(3, 0), (-1, 0), (4, 0)]
 
 
 def test_a_second_unit_that_raises_in_the_replay_is_rolled_back_alone(sqlite_store):
@@ -248,10 +256,10 @@ def test_a_second_unit_that_raises_in_the_replay_is_rolled_back_alone(sqlite_sto
     def broken(tx: Transaction) -> None:
         raise ValueError("a bug in a unit")
 
-    outcomes = batch(sqlite_store, flaky, broken, lambda tx: tx.advance_step("alice", 3))
+    outcomes = batch(sqlite_store, flaky, broken, lambda tx: tx.advance_step("alice", "default", 3))
     assert isinstance(outcomes[0], KeyError) and isinstance(outcomes[1], ValueError) and outcomes[2] is True
     assert len(runs) == 2  # one replay, never a third run
-    assert read(sqlite_store, lambda tx: (tx.get("carol").failures, tx.get("alice").last_step)) == (0, 3)
+    assert read(sqlite_store, lambda tx: (tx.get("carol").failures, last(tx.get("alice")))) == (0, 3)
 
 
 def test_units_submitted_from_another_thread_run_on_the_store_thread_in_one_transaction(sqlite_store):
@@ -259,8 +267,8 @@ def test_units_submitted_from_another_thread_run_on_the_store_thread_in_one_tran
     statements = Statements(sqlite_store)
     results: list = []
     sqlite_store.submit_batch(
-        [lambda tx: tx.advance_step("alice", 1), lambda tx: tx.advance_step("bob", 1)], results.extend
+        [lambda tx: tx.advance_step("alice", "default", 1), lambda tx: tx.advance_step("bob", "default", 1)], results.extend
     )
-    assert sqlite_store.read(lambda tx: tx.get("bob")).result().last_step == 1  # queued behind the batch
+    assert sqlite_store.read(lambda tx: tx.get("bob")).result().token("default").last_step == 1  # queued behind the batch
     assert results == [(0, True, None), (1, True, None)]
     assert statements.verbs() == ["BEGIN", "UPDATE", "UPDATE", "COMMIT", "SELECT"], statements.all

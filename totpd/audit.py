@@ -58,11 +58,14 @@ class Audit:
         given: str = "",
         service: str = "",
         rhost: str = "",
+        token: str = "",
         uid: int | None = None,
         level: str = "info",
         detail: str = "",
     ) -> None:
         fields = [("event", event), ("user", user), ("given", given), ("service", service), ("rhost", rhost)]
+        if token:
+            fields.append(("token", token))
         fields.append(("uid", "" if uid is None else uid))
         fields.append(("result", result))
         if detail:

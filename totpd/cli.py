@@ -12,6 +12,7 @@ import datetime
 import getpass
 import json
 import os
+import re
 import pwd
 import sys
 from typing import Any, NoReturn
@@ -107,20 +108,37 @@ def _qr_drawing() -> Any:
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
+    return _new_token(args, "enroll")
+
+
+def cmd_token_add(args: argparse.Namespace) -> int:
+    return _new_token(args, "token_add")
+
+
+def _new_token(args: argparse.Namespace, verb: str) -> int:
+    """enroll (the account's first token, or with --force a replacement for all) and
+    token add (one more): the QR code, then a first code unless --no-confirm."""
     user = args.user or _self_name()
-    fields: dict[str, Any] = {"user": user, "algorithm": args.algorithm, "digits": args.digits, "period": args.period}
+    adding = verb == "token_add"
+    if args.type == "totp" and args.counter is not None:
+        _fail("--counter is for --type hotp", EXIT_USAGE)
+    fields: dict[str, Any] = {
+        "user": user, "algorithm": args.algorithm, "digits": args.digits, "period": args.period,
+        "token": args.name, "type": args.type, "counter": args.counter or 0,
+    }
     if args.issuer:
         fields["issuer"] = args.issuer
     if args.secret_file:
         fields["secret"] = _read_secret(args.secret_file)
-    if args.force:
+    if not adding and args.force:
         fields["force"] = 1
-        if os.getuid() != 0:
-            fields["proof"] = _ask("Current code or a recovery code for the enrollment being replaced: ")
+    if (adding or args.force) and os.getuid() != 0:
+        what = "an existing token" if adding else "the enrollment being replaced"
+        fields["proof"] = _ask(f"Current code from {what}, or a recovery code: ")
     if args.no_confirm:
         fields["activate"] = 1
     qr = _qr_drawing() if not args.json or args.qr_png or args.qr_svg else None  # before anything is enrolled
-    reply = _call(args, "enroll", **fields)
+    reply = _call(args, verb, **fields)
     uri, secret = reply.fields["uri"], reply.fields["secret"]
     if args.qr_png:
         _write_private(args.qr_png, lambda handle: handle.write(qr.png(uri)))
@@ -131,21 +149,63 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         print("Scan this QR code with an authenticator app")
         print("(Google Authenticator, FreeOTP, Aegis, 1Password, Authy, ...):\n")
         print("\n".join(qr.ascii_lines(uri) if args.qr_ascii else qr.terminal_lines(uri)), end="\n\n")
-        print(f"Or add it by hand: account {user}, time-based key:\n  {_grouped(secret)}")
+        kind = "counter-based (HOTP)" if args.type == "hotp" else "time-based"
+        print(f"Or add it by hand: account {user}, {kind} key:\n  {_grouped(secret)}")
         print(f"URI: {uri}\n")
     codes = reply.fields.get("recovery_codes", "")
     pending = reply.fields.get("pending") == "1"
     if pending:
         code = _ask("Enter the code the app shows now, to confirm: ")
         if not code:
-            print(f"Not confirmed: the enrollment of {user} stays pending (logins with it fail) until: totpctl confirm {user}", file=out)
+            what = f"token {args.name} of {user}" if adding else f"the enrollment of {user}"
+            print(f"Not confirmed: {what} stays pending (logins with it fail) until: totpctl confirm {user}", file=out)
             return EXIT_REFUSED
         codes = _call(args, "confirm", user=user, code=code).fields.get("recovery_codes", "")
         pending = False
     if args.json:
-        print(json.dumps({"user": user, "uri": uri, "secret": secret, "pending": pending, "recovery_codes": codes.split()}))
+        result: dict[str, Any] = {"user": user, "token": args.name, "type": args.type, "uri": uri, "secret": secret, "pending": pending}
+        if not adding:
+            result["recovery_codes"] = codes.split()
+        print(json.dumps(result))
+    elif adding:
+        print(f"Added token {args.name} to {user}.")
     else:
         _print_recovery_codes(user, codes)
+    return 0
+
+
+def cmd_token_list(args: argparse.Namespace) -> int:
+    reply = _call(args, "token_list", user=args.user)
+    tokens = json.loads(reply.fields.get("tokens", "[]"))
+    if args.json:
+        print(json.dumps(tokens))
+        return 0
+    print(f"{'NAME':<20} {'TYPE':<5} {'ALGORITHM':<9} {'DIGITS':>6} {'PERIOD/COUNTER':>14} {'SKEW':>4}  {'ADDED':<20} LAST USED")
+    for token in tokens:
+        where = str(token["counter"]) if token["type"] == "hotp" else f"{token['period']} s"
+        skew = f"{token['skew']:+d}" if token["type"] == "totp" else "-"
+        print(
+            f"{token['name']:<20} {token['type']:<5} {token['algorithm']:<9} {token['digits']:>6} {where:>14} {skew:>4}"
+            f"  {_when(str(token['added'])):<20} {_when(str(token['last_used']))}"
+        )
+    return 0
+
+
+def cmd_resync(args: argparse.Namespace) -> int:
+    fields: dict[str, Any] = {"user": args.user, "code": args.code1, "next_code": args.code2}
+    if args.token:
+        fields["token"] = args.token
+    reply = _call(args, "resync", **fields)
+    if args.json:
+        print(json.dumps({"user": args.user, "token": reply.fields.get("token", "")}))
+    else:
+        print(f"Re-aligned token {reply.fields.get('token', '')} of {args.user}.")
+    return 0
+
+
+def cmd_token_remove(args: argparse.Namespace) -> int:
+    _call(args, "token_remove", user=args.user, token=args.name)
+    print(f"Removed token {args.name} of {args.user}.")
     return 0
 
 
@@ -382,6 +442,40 @@ def _import_fields(account: Any) -> dict[str, object]:
     return fields
 
 
+def _token_name(text: str) -> str:
+    if not re.fullmatch(r"[a-z0-9_.-]{1,32}", text):
+        raise argparse.ArgumentTypeError("a token name is 1 to 32 of a-z, 0-9, '_', '.', '-'")
+    return text
+
+
+def _counter(text: str) -> int:
+    if not re.fullmatch(r"\d{1,15}", text):
+        raise argparse.ArgumentTypeError("the counter is a whole number, 0 or more")
+    return int(text)
+
+
+def _token_options(parser: argparse.ArgumentParser) -> None:
+    """What enroll and token add take alike: the new token's name, type and parameters."""
+    parser.add_argument("user", nargs="?", metavar="USER")
+    parser.add_argument("--name", type=_token_name, default="default", help="the token's name in its account (default %(default)s)")
+    parser.add_argument("--type", choices=("totp", "hotp"), default="totp", help="time-based (default) or counter-based")
+    parser.add_argument("--counter", type=_counter, help="HOTP: the counter value the token shows next (default 0)")
+    parser.add_argument("--issuer", help="issuer shown in the app (default: the daemon's, usually the host name)")
+    parser.add_argument("--digits", type=int, choices=(6, 8), default=6)
+    parser.add_argument("--algorithm", type=str.upper, choices=("SHA1", "SHA256", "SHA512"), default="SHA1")
+    parser.add_argument("--period", type=int, default=30, help="TOTP: seconds per code (default 30)")
+    parser.add_argument("--qr-png", metavar="FILE", help="also write the QR code as PNG (mode 0600)")
+    parser.add_argument("--qr-svg", metavar="FILE", help="also write the QR code as SVG (mode 0600)")
+    parser.add_argument(
+        "--qr-ascii", action="store_true",
+        help="draw the QR code in plain ASCII ('##' a dark module; about 100 columns) for terminals without colour: it "
+        "scans only where text is dark on a light background. By default it is drawn black on white in its own colours, "
+        "whatever the terminal's theme",
+    )
+    parser.add_argument("--no-confirm", action="store_true", help="activate at once, without a first code (provisioning)")
+    parser.add_argument("--secret-file", metavar="PATH", help="provision this base32 secret (- for stdin) instead of a new one")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="totpctl", description="Enroll and manage TOTP second factors (talks to totpd).")
     parser.add_argument("--socket", default=os.environ.get("TOTPD_SOCKET", DEFAULT_SOCKET), help="daemon socket (default %(default)s)")
@@ -391,23 +485,29 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     enroll = sub.add_parser("enroll", parents=[common], help="enroll an account (your own when USER is left out)")
-    enroll.add_argument("user", nargs="?", metavar="USER")
-    enroll.add_argument("--issuer", help="issuer shown in the app (default: the daemon's, usually the host name)")
-    enroll.add_argument("--digits", type=int, choices=(6, 8), default=6)
-    enroll.add_argument("--algorithm", type=str.upper, choices=("SHA1", "SHA256", "SHA512"), default="SHA1")
-    enroll.add_argument("--period", type=int, default=30, help="seconds per code (default 30)")
-    enroll.add_argument("--qr-png", metavar="FILE", help="also write the QR code as PNG (mode 0600)")
-    enroll.add_argument("--qr-svg", metavar="FILE", help="also write the QR code as SVG (mode 0600)")
-    enroll.add_argument(
-        "--qr-ascii", action="store_true",
-        help="draw the QR code in plain ASCII ('##' a dark module; about 100 columns) for terminals without colour: it "
-        "scans only where text is dark on a light background. By default it is drawn black on white in its own colours, "
-        "whatever the terminal's theme",
-    )
-    enroll.add_argument("--no-confirm", action="store_true", help="activate at once, without a first code (provisioning)")
-    enroll.add_argument("--force", action="store_true", help="replace an existing enrollment")
-    enroll.add_argument("--secret-file", metavar="PATH", help="provision this base32 secret (- for stdin) instead of a new one")
+    _token_options(enroll)
+    enroll.add_argument("--force", action="store_true", help="replace an existing enrollment (every token)")
     enroll.set_defaults(func=cmd_enroll)
+
+    token = sub.add_parser("token", help="an account's tokens: add, list, remove")
+    tokens = token.add_subparsers(dest="token_command", metavar="ACTION", required=True)
+    add = tokens.add_parser("add", parents=[common], help="add a token beside the account's others")
+    _token_options(add)
+    add.set_defaults(func=cmd_token_add)
+    token_list = tokens.add_parser("list", parents=[common], help="list an account's tokens")
+    token_list.add_argument("user", metavar="USER")
+    token_list.set_defaults(func=cmd_token_list)
+    remove = tokens.add_parser("remove", parents=[common], help="remove one token (the last one: use reset)")
+    remove.add_argument("user", metavar="USER")
+    remove.add_argument("name", metavar="NAME")
+    remove.set_defaults(func=cmd_token_remove)
+
+    resync = sub.add_parser("resync", parents=[common], help="re-align a token from two consecutive codes")
+    resync.add_argument("user", metavar="USER")
+    resync.add_argument("code1", metavar="CODE1")
+    resync.add_argument("code2", metavar="CODE2")
+    resync.add_argument("--token", type=_token_name, metavar="NAME", help="the token (default: whichever the codes are from)")
+    resync.set_defaults(func=cmd_resync)
 
     confirm = sub.add_parser("confirm", parents=[common], help="confirm a pending enrollment with a first code")
     confirm.add_argument("user", nargs="?", metavar="USER")

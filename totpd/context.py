@@ -22,7 +22,7 @@ from .errors import ProtocolError
 from .policy import Policy, RememberedHosts, Rules
 from .protocol import MAX_MESSAGE, Reply, Request
 from .sealing import Sealer, secret_context
-from .store import Account, Transaction
+from .store import Account, Token, Transaction
 from .workers import Worker
 
 if TYPE_CHECKING:
@@ -65,15 +65,17 @@ def request_params(request: Request) -> otp.Params:
         raise ProtocolError(str(exc)) from None
 
 
-def params_of(account: Account, pending: bool = False) -> otp.Params:
-    if pending:
-        defaults = otp.Params()
-        return otp.Params(
-            account.pending_algorithm or defaults.algorithm,
-            account.pending_digits or defaults.digits,
-            account.pending_period or defaults.period,
-        )
-    return otp.Params(account.algorithm, account.digits, account.period)
+def params_of(token: "Token") -> otp.Params:
+    return otp.Params(token.algorithm, token.digits, token.period)
+
+
+def pending_params(account: Account) -> otp.Params:
+    defaults = otp.Params()
+    return otp.Params(
+        account.pending_algorithm or defaults.algorithm,
+        account.pending_digits or defaults.digits,
+        account.pending_period or defaults.period,
+    )
 
 
 class Context:
@@ -164,12 +166,16 @@ class Context:
             self._rules_resolved[rules] = resolved
         return resolved
 
-    def same_secret(self, account: Account | None, secret: bytes, user: str) -> bool:
-        """Is `secret` the one the account already uses? Then enrolling it again must not
-        make its used codes work once more: the replay state is kept."""
-        if account is None or account.secret is None:
-            return False
-        return hmac.compare_digest(self.sealer.open(account.secret, secret_context(user)), secret)
+    def replay_floor(self, account: Account | None, secret: bytes, user: str, kind: str = "totp") -> int:
+        """The replay state a token with `secret` must start from: that of any token of
+        the account with the same secret and type (enrolled again, its used codes stay
+        used), else -1. Every token is compared, in constant time."""
+        floor = -1
+        for token in account.tokens if account is not None else ():
+            same = hmac.compare_digest(self.sealer.open(token.secret, secret_context(user)), secret)
+            if same and token.type == kind:
+                floor = max(floor, token.last_step)
+        return floor
 
     def lift_ended_lock(self, tx: Transaction, account: Account, now: float) -> Account:
         """The account with a timed hard lock that ran out lifted, in the judging transaction."""

@@ -61,7 +61,9 @@ SHUTDOWN_GRACE = 10.0
 
 # Methods a caller may call on its own account under org.totpd.manage-own; the others
 # (and any of these on someone else's account) need org.totpd.manage-any.
-SELF_METHODS = frozenset({"GetStatus", "BeginEnrollment", "ConfirmEnrollment", "RegenerateRecoveryCodes"})
+SELF_METHODS = frozenset(
+    {"GetStatus", "BeginEnrollment", "ConfirmEnrollment", "RegenerateRecoveryCodes", "AddToken", "ListTokens"}
+)
 
 # Service reply status -> D-Bus error name.
 ERRORS = {
@@ -78,7 +80,10 @@ ERRORS = {
 INTERACTIVE_REQUIRED = ErrorType.INTERACTIVE_AUTHORIZATION_REQUIRED.value
 
 BOOLEAN_FIELDS = frozenset({"enrolled", "pending", "locked"})
-ENROLL_OPTIONS = {"algorithm": "s", "digits": "u", "period": "u", "force": "b", "proof": "s"}
+ENROLL_OPTIONS = {
+    "algorithm": "s", "digits": "u", "period": "u", "force": "b", "proof": "s", "token": "s", "type": "s", "counter": "t",
+}
+TOKEN_OPTIONS = {key: sig for key, sig in ENROLL_OPTIONS.items() if key != "force"}
 
 
 class TotpdInterface(ServiceInterface):
@@ -114,6 +119,18 @@ class TotpdInterface(ServiceInterface):
 
     @dbus_method()
     def RegenerateRecoveryCodes(self, user: "s", proof: "s") -> "as":
+        raise _not_dispatched()
+
+    @dbus_method()
+    def AddToken(self, user: "s", options: "a{sv}") -> "ssay":
+        raise _not_dispatched()
+
+    @dbus_method()
+    def ListTokens(self, user: "s") -> "aa{sv}":
+        raise _not_dispatched()
+
+    @dbus_method()
+    def RemoveToken(self, user: "s", name: "s") -> None:
         raise _not_dispatched()
 
     @dbus_method()
@@ -190,6 +207,9 @@ class Api:
             "BeginEnrollment": self._begin_enrollment,
             "ConfirmEnrollment": self._confirm_enrollment,
             "RegenerateRecoveryCodes": self._regenerate_recovery_codes,
+            "AddToken": self._add_token,
+            "ListTokens": self._list_tokens,
+            "RemoveToken": self._remove_token,
             "Reset": self._reset,
             "Unlock": self._unlock,
         }
@@ -387,14 +407,20 @@ class Api:
         return "uaa{sv}", [int(reply.fields["total"]), accounts]
 
     async def _begin_enrollment(self, msg: Message, caller: Caller) -> tuple[str, list[Any]]:
+        return await self._new_token(msg, caller, "enroll", ENROLL_OPTIONS)
+
+    async def _add_token(self, msg: Message, caller: Caller) -> tuple[str, list[Any]]:
+        return await self._new_token(msg, caller, "token_add", TOKEN_OPTIONS)
+
+    async def _new_token(self, msg: Message, caller: Caller, verb: str, allowed: dict[str, str]) -> tuple[str, list[Any]]:
         user, options = msg.body
         fields = {"user": user, "service": "dbus"}
         for key, value in options.items():
-            if ENROLL_OPTIONS.get(key) != value.signature:
-                known = ", ".join(f"{name} ({sig})" for name, sig in ENROLL_OPTIONS.items())
+            if allowed.get(key) != value.signature:
+                known = ", ".join(f"{name} ({sig})" for name, sig in allowed.items())
                 raise CallRefused(ErrorType.INVALID_ARGS.value, f"unknown option or wrong type '{key}'; options: {known}")
             fields[key] = str(int(value.value)) if value.signature == "b" else str(value.value)
-        reply = await self._handle(caller, "enroll", **fields)
+        reply = await self._handle(caller, verb, **fields)
         uri = reply.fields["uri"]
         png = await asyncio.to_thread(_qr_png, uri)
         # The one answer that carries a secret: a method return, sent to the enrolling caller only.
@@ -403,7 +429,18 @@ class Api:
     async def _confirm_enrollment(self, msg: Message, caller: Caller) -> tuple[str, list[Any]]:
         user, code = msg.body
         reply = await self._handle(caller, "confirm", user=user, code=code, service="dbus")
-        return "as", [reply.fields["recovery_codes"].split()]
+        # A token added beside others keeps the account's recovery codes: none are new.
+        return "as", [reply.fields.get("recovery_codes", "").split()]
+
+    async def _list_tokens(self, msg: Message, caller: Caller) -> tuple[str, list[Any]]:
+        reply = await self._handle(caller, "token_list", user=msg.body[0], service="dbus")
+        tokens = [_status_dict({key: str(value) for key, value in entry.items()}) for entry in json.loads(reply.fields["tokens"])]
+        return "aa{sv}", [tokens]
+
+    async def _remove_token(self, msg: Message, caller: Caller) -> tuple[str, list[Any]]:
+        user, name = msg.body
+        await self._handle(caller, "token_remove", user=user, token=name, service="dbus")
+        return "", []
 
     async def _regenerate_recovery_codes(self, msg: Message, caller: Caller) -> tuple[str, list[Any]]:
         user, proof = msg.body

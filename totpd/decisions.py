@@ -11,7 +11,7 @@ import enum
 
 from . import otp
 from .config import Config
-from .store import Account
+from .store import Account, Token
 
 
 class Verdict(enum.Enum):
@@ -55,18 +55,65 @@ def barred(account: Account | None, now: float) -> Verdict | None:
     return None
 
 
-def judge_code(secret: bytes, params: otp.Params, code: str, now: float, window: int, last_step: int) -> tuple[Verdict, int]:
-    """A code against one secret: ACCEPTED with its time step, REPLAYED or REJECTED.
+def judge_tokens(
+    opened: list[tuple[Token, bytes]], code: str, now: float, config: Config
+) -> tuple[Verdict, Token | None, int]:
+    """A code against every token of an account: ACCEPTED with the token and its moving
+    factor, REPLAYED, or REJECTED.
 
-    A code is good for the steps within `window` of now; one at or before the last
-    step accepted is a replay (the store makes that check again as it records the step).
+    Every token's every candidate is compared (otp.match_any), with no early exit, so
+    the time taken does not say which token matched. A token whose code is new wins
+    over one that only replays; among several, the first in the account's order.
     """
-    step = otp.match_step(secret, params, code, now, window)
-    if step is None:
-        return Verdict.REJECTED, -1
-    if step <= last_step:
-        return Verdict.REPLAYED, step
-    return Verdict.ACCEPTED, step
+    accepted: tuple[Token, int] | None = None
+    replayed = False
+    for token, secret in opened:
+        params = otp.Params(token.algorithm, token.digits, token.period)
+        factors = otp.candidates(token.type, params, token.last_step, token.skew, now, config.window, config.hotp_window)
+        factor = otp.match_any(secret, params, code, factors)
+        if factor is None:
+            continue
+        if factor <= token.last_step:
+            replayed = True
+        elif accepted is None:
+            accepted = (token, factor)
+    if accepted is not None:
+        return Verdict.ACCEPTED, accepted[0], accepted[1]
+    return (Verdict.REPLAYED if replayed else Verdict.REJECTED), None, -1
+
+
+def learned_skew(token: Token, step: int, now: float, max_skew: int) -> int:
+    """A TOTP token's clock offset after a code at `step` was accepted: one step nearer
+    to where that code was, never past `max_skew` either way. HOTP tokens have none."""
+    if token.type != "totp":
+        return 0
+    offset = step - otp.time_step(now, otp.Params(token.algorithm, token.digits, token.period))
+    moved = token.skew + max(-1, min(1, offset - token.skew))
+    return max(-max_skew, min(max_skew, moved))
+
+
+def resync(token: Token, secret: bytes, first: str, second: str, now: float, config: Config) -> tuple[int, int] | None:
+    """Two consecutive codes of one token: (the moving factor of the second, the token's
+    new clock offset), or None.
+
+    HOTP: the pair is looked for among `hotp_resync_window` counter values after the
+    last accepted one. TOTP: the second code's step may be up to `max_skew` steps from
+    this host's clock, and becomes the offset. Either way both factors must be later
+    than the last accepted one, and every candidate pair is compared (no early exit).
+    """
+    params = otp.Params(token.algorithm, token.digits, token.period)
+    if token.type == "hotp":
+        factors = range(token.last_step + 1, token.last_step + 1 + config.hotp_resync_window)
+    else:
+        current = otp.time_step(now, params)
+        factors = range(max(token.last_step + 1, current - config.max_skew - 1), current + config.max_skew)
+    matched = otp.match_pair(secret, params, first, second, factors)
+    if matched is None:
+        return None
+    later = matched + 1
+    if token.type == "hotp":
+        return later, 0
+    return later, later - otp.time_step(now, params)
 
 
 def after_failure(config: Config, failures: int, now: float) -> tuple[float, bool]:

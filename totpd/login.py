@@ -46,6 +46,8 @@ class Judged(NamedTuple):
     offset: int = 0  # accepted: the code's time step less this host's
     miss: Verdict | None = None  # try_recovery: the verdict (already counted) if no recovery code matches
     hashes: Sequence[tuple[int, str]] = ()  # try_recovery: the account's recovery-code hashes
+    token: str = ""  # accepted: the token whose code it was
+    skew: tuple[int, int] = (0, 0)  # accepted: the token's clock offset before and after
 
 
 class Login:
@@ -104,7 +106,7 @@ class Login:
         counted as a failure here, before any argon2 work, so the throttle bounds that
         work as it bounds guesses (a recovery code that matches clears the count).
         """
-        ctx, window = self.ctx, self.ctx.config.window
+        ctx, config = self.ctx, self.ctx.config
 
         def judge(tx: Transaction) -> Judged:
             account = tx.get(user)
@@ -112,17 +114,24 @@ class Login:
                 return Judged(barred, account)
             assert account is not None
             account = ctx.lift_ended_lock(tx, account, now)
-            params = params_of(account)
-            if not otp.looks_like_totp(code, params):
+            if not any(otp.looks_like_totp(code, params_of(token)) for token in account.tokens):
                 miss = ctx.fail(tx, account, now)
                 return Judged(Verdict.TRY_RECOVERY, account, miss=miss, hashes=tx.recovery_hashes(user))
-            secret = ctx.sealer.open(account.secret or b"", secret_context(user))
-            verdict, step = decisions.judge_code(secret, params, code, now, window, account.last_step)
+            context = secret_context(user)
+            opened = [(token, ctx.sealer.open(token.secret, context)) for token in account.tokens]
+            verdict, token, step = decisions.judge_tokens(opened, code, now, config)
             if verdict is Verdict.REJECTED:
                 return Judged(ctx.fail(tx, account, now), account)
-            if verdict is Verdict.REPLAYED or not tx.advance_step(user, step):
+            if verdict is Verdict.REPLAYED:
                 return Judged(Verdict.REPLAYED, account)
-            return Judged(Verdict.ACCEPTED, account, offset=step - otp.time_step(now, params))
+            assert token is not None
+            skew = decisions.learned_skew(token, step, now, config.max_skew)
+            if not tx.advance_step(user, token.name, step, skew, now):
+                return Judged(Verdict.REPLAYED, account, token=token.name)
+            if account.failures or account.locked_until:
+                tx.set_failures(user, 0, 0.0, False)
+            offset = step - otp.time_step(now, params_of(token)) if token.type == "totp" else 0
+            return Judged(Verdict.ACCEPTED, account, offset=offset, token=token.name, skew=(token.skew, skew))
 
         return judge
 
@@ -170,5 +179,10 @@ class Login:
         elif verdict is Verdict.LOCKED:
             assert judged.account is not None
             message = ctx.policy.locked_message(user, judged.account.locked, judged.account.locked_until, now)
-        ctx.audit(request, caller, "verify", verdict.value, level=level)
+        if judged.skew[0] != judged.skew[1]:
+            ctx.audit(
+                request, caller, "skew", "changed", token=judged.token,
+                detail=f"from={judged.skew[0]:+d} to={judged.skew[1]:+d}", level="warning",
+            )
+        ctx.audit(request, caller, "verify", verdict.value, token=judged.token, level=level)
         return reply(status, message)

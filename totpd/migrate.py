@@ -74,10 +74,10 @@ def _checked(sealer: Sealer, write: bool) -> Callable[[Transaction], None]:
 
 
 def _same_enrollment(one: Account, other: Account, sealer: Sealer) -> bool:
-    if one.secret is None or other.secret is None:
-        return False
+    """Do the two hold a token with the same secret?"""
     context = secret_context(one.user)
-    return sealer.open(one.secret, context) == sealer.open(other.secret, context)
+    theirs = {sealer.open(token.secret, context) for token in other.tokens}
+    return any(sealer.open(token.secret, context) in theirs for token in one.tokens)
 
 
 def _merge(
@@ -85,11 +85,14 @@ def _merge(
 ) -> tuple[Account, list[tuple[int, str]]]:
     """What --force writes over an existing account: the source's, never reviving a used code.
 
-    The later last step always wins. When both sides hold the same enrollment (the same
+    For each token, the later last step of the token of that name always wins. When both sides hold the same enrollment (the same
     secret: an earlier migration, then use on both sides), a recovery code used on
     either side stays used and the stricter throttling state is kept.
     """
-    merged = source._replace(last_step=max(source.last_step, target.last_step))
+    theirs = {token.name: token.last_step for token in target.tokens}
+    merged = source._replace(
+        tokens=tuple(token._replace(last_step=max(token.last_step, theirs.get(token.name, -1))) for token in source.tokens)
+    )
     if not _same_enrollment(source, target, sealer):
         return merged, source_codes
     still_unused = set(target_codes)
@@ -132,7 +135,7 @@ def migrate(
         report.active += account.active
         report.pending_only += (not account.active) and account.pending_secret is not None
         report.recovery_codes += len(codes)
-        report.with_replay_state += account.last_step >= 0
+        report.with_replay_state += any(token.last_step >= 0 for token in account.tokens)
         report.locked += account.locked
 
     try:

@@ -92,20 +92,57 @@ def time_step(now: float, params: Params) -> int:
 
 
 def match_step(secret: bytes, params: Params, code: str, now: float, window: int) -> int | None:
-    """Return the time step within +/-window of `now` whose code equals `code`, or None.
+    """Return the time step within +/-window of `now` whose code equals `code`, or None
+    (match_any over a TOTP token's candidates, with no learned offset)."""
+    return match_any(secret, params, code, candidates("totp", params, -1, 0, now, window, 0))
+
+
+def candidates(kind: str, params: Params, last_step: int, skew: int, now: float, window: int, hotp_window: int) -> range:
+    """The moving factors a code for one token is compared against.
+
+    TOTP: the steps within `window` of now and of now moved by the token's learned
+    `skew` (and those between: at most |skew| more candidates). HOTP:
+    the `hotp_window` counter values after the next one expected, and as many at or
+    below the last accepted one, so that a replay is told from a wrong code.
+    """
+    if kind == "hotp":
+        return range(max(0, last_step + 1 - hotp_window), last_step + 2 + hotp_window)
+    current = time_step(now, params)
+    # From this host's clock to the learned offset, `window` steps beyond each: learning
+    # an offset never refuses a code this host's own window would take.
+    return range(max(0, min(current, current + skew) - window), max(current, current + skew) + window + 1)
+
+
+def match_any(secret: bytes, params: Params, code: str, factors: range) -> int | None:
+    """The latest moving factor in `factors` whose code equals `code`, or None.
 
     Every candidate is computed and compared in constant time, so the time taken
-    does not say which step (if any) matched. When two steps share a code, the later
-    one wins: it burns the most replay state.
+    does not say which factor (if any) matched. When two share a code, the later one
+    wins: it burns the most replay state.
     """
     if len(code) != params.digits or not code.isascii() or not code.isdigit():
         return None
-    current = time_step(now, params)
     digest = params.algorithm.lower()
     matched = None
-    for step in range(current - window, current + window + 1):
-        if step >= 0 and hmac.compare_digest(hotp(secret, step, params.digits, digest), code):
-            matched = step
+    for factor in factors:
+        if hmac.compare_digest(hotp(secret, factor, params.digits, digest), code):
+            matched = factor
+    return matched
+
+
+def match_pair(secret: bytes, params: Params, first: str, second: str, factors: range) -> int | None:
+    """The factor f in `factors` whose code is `first` and f+1's `second`, or None; every
+    pair computed and compared in constant time, the latest match winning."""
+    for code in (first, second):
+        if len(code) != params.digits or not code.isascii() or not code.isdigit():
+            return None
+    digest = params.algorithm.lower()
+    matched = None
+    following = hotp(secret, factors.start, params.digits, digest) if len(factors) else ""
+    for factor in factors:
+        this, following = following, hotp(secret, factor + 1, params.digits, digest)
+        if hmac.compare_digest(this, first) & hmac.compare_digest(following, second):
+            matched = factor
     return matched
 
 
@@ -121,8 +158,13 @@ def hotp(secret: bytes, counter: int, digits: int, digest: str) -> str:
     return str(value % 10**digits).zfill(digits)
 
 
-def provisioning_uri(secret: bytes, user: str, issuer: str, params: Params) -> str:
-    """otpauth:// URI; algorithm, digits and period appear only when not the defaults."""
+def provisioning_uri(secret: bytes, user: str, issuer: str, params: Params, kind: str = "totp", counter: int = 0) -> str:
+    """otpauth:// URI; algorithm, digits and period appear only when not the defaults.
+    HOTP: otpauth://hotp/...&counter=N, N the next counter value the daemon expects."""
+    if kind == "hotp":
+        return pyotp.HOTP(
+            encode_secret(secret), digits=params.digits, digest=ALGORITHMS[params.algorithm], initial_count=counter
+        ).provisioning_uri(name=user, issuer_name=issuer)
     return _totp(secret, params).provisioning_uri(name=user, issuer_name=issuer)
 
 

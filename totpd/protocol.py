@@ -42,8 +42,15 @@ VERBS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "verify": (frozenset({"user", "code"}), frozenset(_COMMON)),
     "enroll": (
         frozenset({"user"}),
-        frozenset(_COMMON | {"algorithm", "digits", "period", "issuer", "secret", "activate", "force", "proof"}),
+        frozenset(_COMMON | {"algorithm", "digits", "period", "issuer", "secret", "activate", "force", "proof", "token", "type", "counter"}),
     ),
+    "token_add": (
+        frozenset({"user"}),
+        frozenset(_COMMON | {"algorithm", "digits", "period", "issuer", "secret", "activate", "proof", "token", "type", "counter"}),
+    ),
+    "token_list": (frozenset({"user"}), frozenset(_COMMON)),
+    "resync": (frozenset({"user", "code", "next_code"}), frozenset(_COMMON | {"token"})),
+    "token_remove": (frozenset({"user", "token"}), frozenset(_COMMON)),
     "confirm": (frozenset({"user", "code"}), frozenset(_COMMON)),
     "status": (frozenset({"user"}), frozenset(_COMMON)),
     "list": (frozenset(), frozenset({"offset", "limit"})),

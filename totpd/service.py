@@ -66,6 +66,10 @@ class Service:
             "reset": lifecycle.reset,
             "unlock": lifecycle.unlock,
             "recovery_codes": lifecycle.recovery_codes,
+            "token_add": lifecycle.token_add,
+            "token_list": lifecycle.token_list,
+            "token_remove": lifecycle.token_remove,
+            "resync": lifecycle.resync,
         }
         # verb -> handler; the two import verbs also take the connection's session.
         self._handlers: dict[str, Handler] = {verb: _ignoring_session(call) for verb, call in plain.items()}

@@ -120,7 +120,7 @@ def test_enrollment_begins_confirms_and_signals(bus, totpd_on, subscriber):
     status = ok(bus.totpd("GetStatus", "s", "alice"))[0]
     assert status["enrolled"].value is True and status["recovery_codes_left"].value == 10
     assert status["digits"].value == 6 and status["algorithm"].value == "SHA1"
-    assert logged(daemon, "event=confirm user=alice service=dbus uid=0 result=confirmed")
+    assert logged(daemon, "event=confirm user=alice service=dbus token=default uid=0 result=confirmed")
     log = daemon.log()
     assert secret not in log and not any(code in log for code in codes)
     assert polkit_checks(bus) == []
@@ -132,6 +132,23 @@ def test_enrollment_options_are_passed_and_checked(bus, totpd_on):
     assert "digits=8" in uri and "algorithm=SHA256" in uri
     assert error(bus.totpd("BeginEnrollment", "sa{sv}", "bob", {"secret": Variant("s", "A" * 32)})) == INVALID_ARGS
     assert error(bus.totpd("BeginEnrollment", "sa{sv}", "bob", {"digits": Variant("s", "8")})) == INVALID_ARGS
+
+
+def test_tokens_are_added_confirmed_listed_and_removed_over_dbus(bus, totpd_on):
+    daemon = totpd_on(bus)
+    uri, secret, _ = ok(bus.totpd("BeginEnrollment", "sa{sv}", "alice", {"token": Variant("s", "phone")}))
+    ok(bus.totpd("ConfirmEnrollment", "ss", "alice", pyotp.TOTP(secret).now()))
+    options = {"token": Variant("s", "key"), "type": Variant("s", "hotp"), "counter": Variant("t", 7)}
+    uri, key, png = ok(bus.totpd("AddToken", "sa{sv}", "alice", options))
+    assert uri.startswith("otpauth://hotp/") and "counter=7" in uri and png.startswith(b"\x89PNG")
+    assert ok(bus.totpd("ConfirmEnrollment", "ss", "alice", pyotp.HOTP(key).at(7)))[0] == []  # recovery codes kept
+    tokens = {entry["name"].value: entry for entry in ok(bus.totpd("ListTokens", "s", "alice"))[0]}
+    assert set(tokens) == {"phone", "key"} and tokens["key"]["counter"].value == 8 and tokens["key"]["type"].value == "hotp"
+    assert error(bus.totpd("AddToken", "sa{sv}", "alice", {"force": Variant("b", True)})) == INVALID_ARGS
+    ok(bus.totpd("RemoveToken", "ss", "alice", "phone"))
+    assert error(bus.totpd("RemoveToken", "ss", "alice", "key")) == INVALID_ARGS  # the last one: that is Reset
+    assert logged(daemon, "event=token_remove user=alice service=dbus token=phone uid=0 result=done")
+    assert key not in daemon.log()
 
 
 def test_enrolling_an_enrolled_account_needs_force(bus, totpd_on):

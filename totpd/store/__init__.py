@@ -24,37 +24,67 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+
+class Token(NamedTuple):
+    """One token of an account: its own secret, parameters and replay state."""
+
+    name: str
+    type: str  # "totp" or "hotp"
+    secret: bytes  # sealed
+    algorithm: str
+    digits: int
+    period: int  # TOTP only
+    # The last accepted moving factor: the time step (TOTP) or the counter value (HOTP);
+    # anything at or below it is a replay. -1: none yet.
+    last_step: int
+    skew: int  # TOTP: the learned clock offset, in steps
+    added: float
+    last_used: float | None
+
+
+TOKEN_FIELDS = len(Token._fields)
 
 
 class Account(NamedTuple):
     """One account as stored: a named tuple, the cheapest record to build, since every
-    verification builds one (docs/performance.md)."""
+    verification builds one (docs/performance.md). Throttling, lockout and recovery
+    codes are the account's; secrets and replay state are its tokens'."""
 
     user: str
-    secret: bytes | None  # sealed; None while only a pending enrollment exists
-    algorithm: str
-    digits: int
-    period: int
-    last_step: int
     failures: int
     locked_until: float  # backoff: no attempt is judged before this time
     locked: bool  # hard lock: only an admin's unlock lifts it
     created: float
     confirmed: float | None
-    pending_secret: bytes | None
+    pending_secret: bytes | None  # a token waiting for its first code (enroll, token add)
     pending_algorithm: str | None
     pending_digits: int | None
     pending_period: int | None
+    pending_token: str | None
+    pending_type: str | None
+    pending_last_step: int | None
+    pending_replaces: bool  # confirming the pending token replaces every other (enroll)
+    tokens: tuple[Token, ...] = ()
 
     @property
     def active(self) -> bool:
-        return self.secret is not None
+        return bool(self.tokens)
+
+    def token(self, name: str) -> Token | None:
+        return next((token for token in self.tokens if token.name == name), None)
 
     @classmethod
-    def from_row(cls, row: tuple) -> "Account":
-        """An account from the columns in the order both backends select them."""
-        return cls._make((*row[:8], bool(row[8]), *row[9:15]))
+    def from_rows(cls, rows: list) -> "Account":
+        """An account from the rows of the join both backends select: the account's
+        columns, then one token's (NULL for an account with none)."""
+        row = rows[0]
+        tokens = tuple(Token._make(r[ACCOUNT_FIELDS : ACCOUNT_FIELDS + TOKEN_FIELDS]) for r in rows if r[ACCOUNT_FIELDS] is not None)
+        return cls._make((*row[:3], bool(row[3]), *row[4:13], bool(row[13]), tokens))
+
+
+ACCOUNT_FIELDS = len(Account._fields) - 1
 
 
 class Reader(abc.ABC):
@@ -76,7 +106,7 @@ class Reader(abc.ABC):
 
     @abc.abstractmethod
     def page(self, offset: int, limit: int) -> list[tuple[Account, int]]:
-        """Accounts ordered by name, each with its number of recovery codes left."""
+        """Accounts ordered by name, with their tokens, each with its number of recovery codes left."""
 
 
 class Transaction(Reader):
@@ -86,17 +116,30 @@ class Transaction(Reader):
     __slots__ = ()
 
     @abc.abstractmethod
-    def put_pending(self, user: str, sealed: bytes, algorithm: str, digits: int, period: int, now: float) -> None:
-        """Create the account if needed and set (or replace) its pending enrollment."""
+    def put_pending(
+        self, user: str, sealed: bytes, algorithm: str, digits: int, period: int, now: float,
+        token: str = "default", kind: str = "totp", last_step: int = -1, replaces: bool = True,
+    ) -> None:
+        """Create the account if needed and set (or replace) its pending token: `replaces`,
+        it will replace every token (enroll); else it is added beside them (token add)."""
 
     @abc.abstractmethod
-    def activate_pending(self, user: str, now: float, keep_replay_state: bool = False) -> bool:
-        """Make the pending enrollment the active one; failure state starts afresh, and so
-        does replay state unless `keep_replay_state` (the same secret enrolled again)."""
+    def activate_pending(self, user: str, now: float, replay_floor: int = -1) -> bool:
+        """Make the pending token active (replacing the others if it was to); failure
+        state starts afresh. Its replay state starts at `replay_floor` if that is later
+        (the same secret enrolled again: its used codes stay used)."""
 
     @abc.abstractmethod
-    def advance_step(self, user: str, step: int) -> bool:
-        """Record `step` as the last accepted one if and only if it is later. True if it was."""
+    def advance_step(self, user: str, token: str, step: int, skew: int = 0, now: float = 0.0) -> bool:
+        """Record `step` as the token's last accepted one if and only if it is later
+        (and its clock offset `skew`, and when it was used). True if it was."""
+
+    @abc.abstractmethod
+    def add_token(self, user: str, token: Token) -> None:
+        """Write one token as given, replacing any of that name (import, restore)."""
+
+    @abc.abstractmethod
+    def remove_token(self, user: str, name: str) -> bool: ...
 
     @abc.abstractmethod
     def set_failures(self, user: str, failures: int, locked_until: float, locked: bool) -> None: ...

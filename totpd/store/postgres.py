@@ -52,7 +52,7 @@ RECONNECT_GIVE_UP = 10.0  # pool reconnect attempts back off up to this, then st
 # FOR UPDATE: whatever a unit decides from an account's row, no other host decides
 # from the same version of it before the unit's transaction ends. COLLATE "C": the
 # same byte order as SQLite, whatever the database's locale.
-SQL = Statements(Dialect(placeholder="%s", lock_row=" FOR UPDATE", byte_order=' COLLATE "C"'))
+SQL = Statements(Dialect(placeholder="%s", lock_row=" FOR UPDATE OF a", byte_order=' COLLATE "C"'))
 
 _MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -83,6 +83,38 @@ _MIGRATIONS: dict[int, list[str]] = {
             hash TEXT NOT NULL,
             PRIMARY KEY ("user", id)
         )""",
+    ],
+    2: [
+        # Issue 20: an account holds tokens. Each account's one secret becomes its token
+        # "default" with its replay state (last_step) unchanged: no used code works again.
+        """CREATE TABLE tokens (
+            "user" TEXT NOT NULL REFERENCES accounts("user") ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            type TEXT NOT NULL DEFAULT 'totp',
+            secret BYTEA NOT NULL,
+            algorithm TEXT NOT NULL DEFAULT 'SHA1',
+            digits INTEGER NOT NULL DEFAULT 6,
+            period INTEGER NOT NULL DEFAULT 30,
+            last_step BIGINT NOT NULL DEFAULT -1,
+            skew INTEGER NOT NULL DEFAULT 0,
+            added DOUBLE PRECISION NOT NULL,
+            last_used DOUBLE PRECISION,
+            PRIMARY KEY ("user", name)
+        )""",
+        """INSERT INTO tokens ("user", name, type, secret, algorithm, digits, period, last_step, skew, added)
+            SELECT "user", 'default', 'totp', secret, algorithm, digits, period, last_step, 0, coalesce(confirmed, created)
+            FROM accounts WHERE secret IS NOT NULL""",
+        "ALTER TABLE accounts ADD COLUMN pending_token TEXT",
+        "ALTER TABLE accounts ADD COLUMN pending_type TEXT",
+        "ALTER TABLE accounts ADD COLUMN pending_last_step BIGINT",
+        "ALTER TABLE accounts ADD COLUMN pending_replaces BOOLEAN NOT NULL DEFAULT FALSE",
+        "UPDATE accounts SET pending_token = 'default', pending_type = 'totp', pending_last_step = -1,"
+        " pending_replaces = TRUE WHERE pending_secret IS NOT NULL",
+        "ALTER TABLE accounts DROP COLUMN secret",
+        "ALTER TABLE accounts DROP COLUMN algorithm",
+        "ALTER TABLE accounts DROP COLUMN digits",
+        "ALTER TABLE accounts DROP COLUMN period",
+        "ALTER TABLE accounts DROP COLUMN last_step",
     ],
 }
 

@@ -68,6 +68,38 @@ _MIGRATIONS: dict[int, list[str]] = {
             PRIMARY KEY (user, id)
         )""",
     ],
+    2: [
+        # Issue 20: an account holds tokens. Each account's one secret becomes its token
+        # "default" with its replay state (last_step) unchanged: no used code works again.
+        """CREATE TABLE tokens (
+            user TEXT NOT NULL REFERENCES accounts(user) ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            type TEXT NOT NULL DEFAULT 'totp',
+            secret BLOB NOT NULL,
+            algorithm TEXT NOT NULL DEFAULT 'SHA1',
+            digits INTEGER NOT NULL DEFAULT 6,
+            period INTEGER NOT NULL DEFAULT 30,
+            last_step INTEGER NOT NULL DEFAULT -1,
+            skew INTEGER NOT NULL DEFAULT 0,
+            added REAL NOT NULL,
+            last_used REAL,
+            PRIMARY KEY (user, name)
+        )""",
+        """INSERT INTO tokens (user, name, type, secret, algorithm, digits, period, last_step, skew, added)
+            SELECT user, 'default', 'totp', secret, algorithm, digits, period, last_step, 0, coalesce(confirmed, created)
+            FROM accounts WHERE secret IS NOT NULL""",
+        "ALTER TABLE accounts ADD COLUMN pending_token TEXT",
+        "ALTER TABLE accounts ADD COLUMN pending_type TEXT",
+        "ALTER TABLE accounts ADD COLUMN pending_last_step INTEGER",
+        "ALTER TABLE accounts ADD COLUMN pending_replaces INTEGER NOT NULL DEFAULT 0",
+        "UPDATE accounts SET pending_token = 'default', pending_type = 'totp', pending_last_step = -1,"
+        " pending_replaces = TRUE WHERE pending_secret IS NOT NULL",
+        "ALTER TABLE accounts DROP COLUMN secret",
+        "ALTER TABLE accounts DROP COLUMN algorithm",
+        "ALTER TABLE accounts DROP COLUMN digits",
+        "ALTER TABLE accounts DROP COLUMN period",
+        "ALTER TABLE accounts DROP COLUMN last_step",
+    ],
 }
 
 
