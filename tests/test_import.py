@@ -233,3 +233,50 @@ def test_a_password_encrypted_pskc_file_dry_run_writes_nothing(daemon, tmp_path)
     assert password not in dry.stdout + dry.stderr
     assert daemon.ctl("import", "pskc", str(path), "--password-file", str(password_file)).returncode == 0
     assert verify(daemon, "bob", pyotp.TOTP(base64.b32encode(secret).decode()).now()).status == "ACCEPTED"
+
+
+def hotp_code(secret_hex: str, counter: int, digits: int = 6) -> str:
+    return subprocess.run(
+        ["oathtool", "--hotp", f"--digits={digits}", "-c", str(counter), secret_hex], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def test_pskc_hotp_and_totp_tokens_of_one_account_log_in_with_oathtools_codes(daemon, tmp_path):
+    sealer = Sealer(os.urandom(16))
+    hotp_secret, totp_secret = os.urandom(20), os.urandom(20)
+    path = tmp_path / "tokens.pskcxml"
+    path.write_text(container(
+        package("HW-0001", hotp_secret, user="alice", counter=5, sealer=sealer),
+        package("TT-0002", totp_secret, kind="totp", user="alice", sealer=sealer),
+        header=psk_header(sealer),
+    ))
+    result = daemon.ctl("import", "pskc", str(path), "--key-file", _key_file(tmp_path, sealer))
+    assert result.returncode == 0, result.stderr
+    assert verify(daemon, "alice", hotp_code(hotp_secret.hex(), 4)).status == "REJECTED"  # below the device's counter
+    assert verify(daemon, "alice", hotp_code(hotp_secret.hex(), 5)).status == "ACCEPTED"
+    assert verify(daemon, "alice", hotp_code(hotp_secret.hex(), 5)).status == "REJECTED"
+    totp = subprocess.run(["oathtool", "--totp", totp_secret.hex()], capture_output=True, text=True, check=True).stdout.strip()
+    assert verify(daemon, "alice", totp).status == "ACCEPTED"
+
+
+def test_a_google_authenticator_hotp_code_used_before_the_import_stays_used(daemon, tmp_path):
+    path = tmp_path / "root"
+    subprocess.run(["google-authenticator", "-c", "-f", "-u", "-w", "3", "-Q", "NONE", "-q", "-s", str(path)], check=True, capture_output=True)
+    secret_hex = base64.b32decode(path.read_text().splitlines()[0] + "=" * (-len(path.read_text().splitlines()[0]) % 8)).hex()
+    confdir = pamdriver.write_confdir(str(tmp_path / "pam.d"), "galogin", f"auth required pam_google_authenticator.so user=root secret={tmp_path}/${{USER}}")
+    assert pamdriver.authenticate("galogin", "root", confdir, hotp_code(secret_hex, 1)).retcode == pamdriver.PAM_SUCCESS
+    assert daemon.ctl("import", "google-authenticator", "--user", "root", str(path)).returncode == 0
+    assert verify(daemon, "root", hotp_code(secret_hex, 1)).status == "REJECTED"
+    assert verify(daemon, "root", hotp_code(secret_hex, 2)).status == "ACCEPTED"
+
+
+def test_a_pam_oath_hotp_code_used_before_the_import_stays_used(daemon, tmp_path):
+    secret_hex = "3132333435363738393031323334353637383930"
+    usersfile = tmp_path / "users.oath"
+    usersfile.write_text(f"HOTP root - {secret_hex} 0\n")
+    usersfile.chmod(0o600)
+    confdir = pamdriver.write_confdir(str(tmp_path / "pam.d"), "oathlogin", f"auth required pam_oath.so usersfile={usersfile} window=5")
+    assert pamdriver.authenticate("oathlogin", "root", confdir, hotp_code(secret_hex, 3)).retcode == pamdriver.PAM_SUCCESS
+    assert daemon.ctl("import", "oath", str(usersfile)).returncode == 0
+    assert verify(daemon, "root", hotp_code(secret_hex, 3)).status == "REJECTED"
+    assert verify(daemon, "root", hotp_code(secret_hex, 4)).status == "ACCEPTED"

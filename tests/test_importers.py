@@ -81,7 +81,7 @@ def test_google_authenticator_hotp_file_after_a_login_continues_after_the_used_c
     [account] = result.accounts
     assert (account.type, account.counter, account.digits, account.algorithm) == ("hotp", 3, 6, "SHA1")
     assert len(account.recovery_codes or []) == 2
-    assert any("WINDOW_SIZE" in note for note in result.notes)
+    assert any("WINDOW_SIZE" in note and "'hotp_window'" in note for note in result.notes)
 
 
 def test_a_google_authenticator_file_with_neither_mode_is_refused(tmp_path):

@@ -97,9 +97,10 @@ def google_authenticator(path: str, user: str) -> ImportResult:
             raise ImportFileError(f"{path}:{number}: neither an option line nor an 8-digit scratch code")
     notes = []
     if "WINDOW_SIZE" in options:
+        setting = "hotp_window" if "HOTP_COUNTER" in options else "window"
         notes.append(
             f"{user}: google-authenticator's WINDOW_SIZE {' '.join(options['WINDOW_SIZE'])} is not carried over;"
-            " totpd's 'window' applies to every account"
+            f" totpd's '{setting}' applies to every account"
         )
     if "RATE_LIMIT" in options:
         notes.append(f"{user}: RATE_LIMIT is replaced by totpd's per-account throttling")
