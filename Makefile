@@ -14,9 +14,9 @@ PYTEST_ARGS ?=
 # the oldest dependency versions setup.cfg allows, the ones the .deb runs on.
 DEBIAN_VENV ?= .venv-debian
 DVPY         = $(DEBIAN_VENV)/bin/python
-# What runs on them: the daemon, totpctl, D-Bus, logins through real libpam, and the
+# What runs on them: the daemon, totpctl (and its PSKC decryption), D-Bus, logins through real libpam, and the
 # daemon under the unit's sandbox (MemoryDenyWriteExecute with Debian's compiled modules).
-DEBIAN_TESTS ?= tests/test_otp.py tests/test_protocol.py tests/test_config.py tests/test_sealing.py tests/test_daemon.py tests/test_enrollment_tools.py tests/test_import.py \
+DEBIAN_TESTS ?= tests/test_otp.py tests/test_protocol.py tests/test_config.py tests/test_sealing.py tests/test_daemon.py tests/test_enrollment_tools.py tests/test_import.py tests/test_pskc.py \
                 tests/pam/test_pam_daemon.py tests/dbus tests/test_systemd.py
 
 # What `make demo` runs (tests/demo.py): the PAM module's build, a venv with totpd's own

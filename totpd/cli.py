@@ -359,6 +359,10 @@ IMPORT_BATCH = 256
 def cmd_import(args: argparse.Namespace) -> int:
     from . import importers
 
+    pskc_only = [flag for flag, value in (("--key-file", args.key_file), ("--password-file", args.password_file),
+                                          ("--user-map", args.user_map)) if value is not None]
+    if args.format != "pskc" and pskc_only:
+        _fail(f"{pskc_only[0]} is for import pskc only", EXIT_USAGE)
     try:
         if args.format == "google-authenticator":
             if not args.user:
@@ -366,24 +370,30 @@ def cmd_import(args: argparse.Namespace) -> int:
             result = importers.google_authenticator(args.path, args.user)
         elif args.format == "oath":
             result = importers.oath(args.path, args.user)
+        elif args.format == "pskc":
+            result = _read_pskc(args)
         else:
             result = importers.tsv(args.path)
     except importers.ImportFileError as exc:
         _fail(str(exc), EXIT_USAGE)
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
-    line_of = {account.user: account.line for account in result.accounts}
+
+    def place(account: Any) -> str:
+        return f"{args.path}: key package {account.line}" if args.format == "pskc" else f"{args.path}:{account.line}"
+
+    line_of = {account.user: place(account) for account in result.accounts}
     with Client(args.socket, timeout=600) as client:
         for start in range(0, len(result.accounts), IMPORT_BATCH):
             batch = result.accounts[start : start + IMPORT_BATCH]
             replies = client.pipeline([("import_add", _import_fields(account)) for account in batch])
             for account, reply in zip(batch, replies):
                 if reply.status != "OK":
-                    raise Refused(reply, f"{args.path}:{account.line}: {account.user}")
+                    raise Refused(reply, f"{place(account)}: {account.user}")
         reply = client.call("import_commit", force=int(args.force), dry_run=int(args.dry_run))
     if reply.status == "UNKNOWN_USER":
         unknown = json.loads(reply.fields.get("unknown_users", "[]"))
-        where = ", ".join(f"{args.path}:{line_of.get(user, '?')}: {user}" for user in unknown[:5])
+        where = ", ".join(f"{line_of.get(user, args.path)}: {user}" for user in unknown[:5])
         _fail(f"{reply.message} ({where})", EXIT_REFUSED)
     if reply.status != "OK":
         raise Refused(reply, f"import {args.path}")
@@ -400,6 +410,17 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_pskc(args: argparse.Namespace) -> Any:
+    from . import pskc
+
+    if args.user:
+        _fail("import pskc takes its users from the file's UserId or --user-map, not --user", EXIT_USAGE)
+    key = pskc.read_key_file(args.key_file) if args.key_file else None
+    password = pskc.read_password_file(args.password_file) if args.password_file else None
+    user_map = pskc.read_user_map(args.user_map) if args.user_map else None
+    return pskc.pskc(args.path, key=key, password=password, user_map=user_map)
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     from .migrate import run_cli  # the one command that opens the stores itself (offline)
 
@@ -414,6 +435,9 @@ def _import_fields(account: Any) -> dict[str, object]:
         "digits": account.digits,
         "period": account.period,
         "last_step": account.last_step,
+        "token": account.token,
+        "type": account.type,
+        "counter": account.counter,
     }
     if account.recovery_codes is not None:
         fields["recovery_codes"] = " ".join(account.recovery_codes)
@@ -515,10 +539,16 @@ def build_parser() -> argparse.ArgumentParser:
     codes.add_argument("--regenerate", action="store_true", help="replace all recovery codes with new ones")
     codes.set_defaults(func=cmd_recovery_codes)
 
-    imports = sub.add_parser("import", parents=[common], help="import accounts from google-authenticator, pam_oath or a TSV file")
-    imports.add_argument("format", choices=("google-authenticator", "oath", "tsv"))
+    imports = sub.add_parser(
+        "import", parents=[common], help="import accounts from google-authenticator, pam_oath, a TSV file or a PSKC (RFC 6030) file"
+    )
+    imports.add_argument("format", choices=("google-authenticator", "oath", "tsv", "pskc"))
     imports.add_argument("path", metavar="PATH")
     imports.add_argument("--user", help="the account (google-authenticator: required; oath: only this entry)")
+    pskc_key = imports.add_mutually_exclusive_group()
+    pskc_key.add_argument("--key-file", metavar="PATH", help="pskc: the pre-shared AES key, in hexadecimal")
+    pskc_key.add_argument("--password-file", metavar="PATH", help="pskc: the password the key is derived from (the first line)")
+    imports.add_argument("--user-map", metavar="FILE", help="pskc: serial<TAB>user lines, the owner of each device (wins over UserId)")
     imports.add_argument("--dry-run", action="store_true", help="report what would change; write nothing")
     imports.add_argument("--force", action="store_true", help="replace accounts that are already enrolled")
     imports.set_defaults(func=cmd_import)

@@ -5,17 +5,21 @@ admin, and raises ImportFileError naming the file and line for anything it canno
 read. Nothing here talks to the daemon or stores anything.
 
 - google-authenticator-libpam: `~/.google_authenticator` (secret on line 1, `" KEY`
-  option lines, then 8-digit scratch codes, which become recovery codes).
-- pam_oath: its usersfile (`HOTP/T30[/DIGITS] user pin hexsecret [moving-factor ...]`);
-  TOTP entries only, HOTP entries are reported and skipped.
+  option lines, then 8-digit scratch codes, which become recovery codes); TOTP, or
+  HOTP with its counter.
+- pam_oath: its usersfile (`HOTP[/E|/T30][/DIGITS] user pin hexsecret [moving-factor
+  [last-otp [time]]]`); TOTP entries, and HOTP entries with their counters.
 - tsv: `user<TAB>base32secret[<TAB>algorithm<TAB>digits<TAB>period]`, for bulk provisioning.
+- PSKC (RFC 6030) key containers: pskc.py, which returns the same records.
 """
 
 from __future__ import annotations
 
 import binascii
 import dataclasses
+import hmac
 import re
+import time
 
 from . import otp
 from .errors import ImportFileError, ProtocolError
@@ -31,7 +35,10 @@ class Imported:
     period: int = 30
     last_step: int = -1  # the last time step the old tool accepted: a used code stays used
     recovery_codes: list[str] | None = None
-    line: int = 0
+    line: int = 0  # where it came from: the line, or (PSKC) the key package's number
+    token: str = "default"  # the token's name within the account
+    type: str = "totp"  # "totp" or "hotp"
+    counter: int = 0  # HOTP: the next counter value to accept; codes below it stay used
 
 
 @dataclasses.dataclass
@@ -89,8 +96,25 @@ def google_authenticator(path: str, user: str) -> ImportResult:
         elif line.strip():
             raise ImportFileError(f"{path}:{number}: neither an option line nor an 8-digit scratch code")
     notes = []
-    if "HOTP_COUNTER" in options or "TOTP_AUTH" not in options:
-        raise ImportFileError(f"{path}: a counter-based (HOTP) secret; totpd handles time-based (TOTP) secrets only")
+    if "WINDOW_SIZE" in options:
+        setting = "hotp_window" if "HOTP_COUNTER" in options else "window"
+        notes.append(
+            f"{user}: google-authenticator's WINDOW_SIZE {' '.join(options['WINDOW_SIZE'])} is not carried over;"
+            f" totpd's '{setting}' applies to every account"
+        )
+    if "RATE_LIMIT" in options:
+        notes.append(f"{user}: RATE_LIMIT is replaced by totpd's per-account throttling")
+    notes.append(f"{user}: {len(scratch)} scratch code(s) become recovery codes (stored hashed)")
+    if "HOTP_COUNTER" in options:
+        # pam_google_authenticator writes HOTP_COUNTER = (the matched counter) + 1 after a
+        # good code, and one more after a failed try: it is the next counter it would accept.
+        value = options["HOTP_COUNTER"]
+        if len(value) != 1 or not value[0].isdigit() or int(value[0]) < 1:
+            raise ImportFileError(f"{path}: HOTP_COUNTER is not a counter (a whole number from 1)")
+        account = Imported(user, secret, "SHA1", 6, 30, -1, scratch, 1, type="hotp", counter=int(value[0]))
+        return ImportResult([account], notes)
+    if "TOTP_AUTH" not in options:
+        raise ImportFileError(f"{path}: neither TOTP_AUTH nor HOTP_COUNTER: not a file google-authenticator wrote")
     period = 30
     if "STEP_SIZE" in options:
         try:
@@ -102,14 +126,6 @@ def google_authenticator(path: str, user: str) -> ImportResult:
     for value in options.get("DISALLOW_REUSE", []):
         if value.isdigit():
             last_step = max(last_step, int(value))
-    if "WINDOW_SIZE" in options:
-        notes.append(
-            f"{user}: google-authenticator's WINDOW_SIZE {' '.join(options['WINDOW_SIZE'])} is not carried over;"
-            " totpd's 'window' applies to every account"
-        )
-    if "RATE_LIMIT" in options:
-        notes.append(f"{user}: RATE_LIMIT is replaced by totpd's per-account throttling")
-    notes.append(f"{user}: {len(scratch)} scratch code(s) become recovery codes (stored hashed)")
     account = Imported(user, secret, params.algorithm, params.digits, params.period, last_step, scratch, 1)
     return ImportResult([account], notes)
 
@@ -134,9 +150,7 @@ def oath(path: str, only_user: str | None = None) -> ImportResult:
             raise ImportFileError(f"{path}:{number}: unknown token type '{kind}'")
         if only_user is not None and user != only_user:
             continue
-        if not match.group("mode") or match.group("mode").upper() == "E":
-            notes.append(f"{path}:{number}: {user}: event-based (HOTP) entry skipped; totpd handles TOTP only")
-            continue
+        event_based = not match.group("mode") or match.group("mode").upper() == "E"
         user = _user(path, number, user)
         if user in seen:
             raise ImportFileError(f"{path}:{number}: {user} appears twice")
@@ -151,19 +165,56 @@ def oath(path: str, only_user: str | None = None) -> ImportResult:
             number,
             (match.group("algorithm") or "SHA1").upper(),
             int(match.group("digits") or 6),
-            int(match.group("period")),
+            30 if event_based else int(match.group("period")),
         )
-        last_step = -1
+        moving_factor = None
         if len(fields) >= 5:
             if not fields[4].isdigit():
                 raise ImportFileError(f"{path}:{number}: the moving factor is not a number")
-            last_step = int(fields[4])
+            moving_factor = int(fields[4])
         if pin not in ("-", "+"):
             notes.append(f"{path}:{number}: {user}: the PIN is not carried over (the password module asks for the first factor)")
+        if event_based:
+            # liboath (usersfile.c) validates from the moving factor onwards and, after a good
+            # code, writes back the matched counter itself with that code in the next column:
+            # with a last code there, the moving factor is used and the next counter is one more.
+            counter = (moving_factor or 0) + (1 if len(fields) >= 6 else 0)
+            accounts.append(
+                Imported(user, secret, params.algorithm, params.digits, params.period, -1, None, number, type="hotp", counter=counter)
+            )
+            continue
+        last_step = max(-1 if moving_factor is None else moving_factor, _oath_last_step(path, number, secret_bytes, params, fields))
         accounts.append(Imported(user, secret, params.algorithm, params.digits, params.period, last_step, None, number))
-    if only_user is not None and not accounts and not any(f": {only_user}: " in note for note in notes):
+    if only_user is not None and not accounts:
         raise ImportFileError(f"{path}: no entry for {only_user}")
     return ImportResult(accounts, notes)
+
+
+OATH_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SL"  # liboath's, in local time
+OATH_SEARCH_STEPS = 20  # around the last login's time: wider than any pam_oath window in use
+
+
+def _oath_last_step(path: str, number: int, secret: bytes, params: otp.Params, fields: list[str]) -> int:
+    """The time step of the code pam_oath last accepted, so that it stays used.
+
+    For TOTP entries liboath (usersfile.c) keeps no time step: its moving factor
+    stays the window offset it started from, and it records the accepted code and the
+    local time of the login instead; the step is the one near that time with that code.
+    """
+    if len(fields) < 7:
+        return -1
+    try:
+        when = time.mktime(time.strptime(fields[6], OATH_TIME_FORMAT))
+    except (ValueError, OverflowError):
+        raise ImportFileError(f"{path}:{number}: the last login's time is not liboath's YYYY-MM-DDTHH:MM:SSL") from None
+    around = otp.time_step(when, params)
+    digest = params.algorithm.lower()
+    matched = [
+        step
+        for step in range(max(0, around - OATH_SEARCH_STEPS), around + OATH_SEARCH_STEPS + 1)
+        if hmac.compare_digest(otp.hotp(secret, step, params.digits, digest), fields[5])
+    ]
+    return max(matched, default=around)
 
 
 def tsv(path: str) -> ImportResult:
