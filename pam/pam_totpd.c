@@ -383,6 +383,21 @@ static int ask(struct context *ctx, const char *verb, const char *code, struct w
 
 /* ------------------------------------------------------------- converse */
 
+/* pam_prompt's outcome: PAM_SUCCESS with *answer set, or the conversation's failure
+ * (logged) with nothing left in *answer. */
+static int prompted(const struct context *ctx, int ret, char **answer)
+{
+    if (ret == PAM_SUCCESS && *answer != NULL)
+        return PAM_SUCCESS;
+    if (*answer != NULL) {
+        explicit_bzero(*answer, strlen(*answer));
+        free(*answer);
+        *answer = NULL;
+    }
+    pam_syslog(ctx->pamh, LOG_ERR, "conversation failed: %s", pam_strerror(ctx->pamh, ret));
+    return ret == PAM_CONV_AGAIN ? PAM_INCOMPLETE : PAM_CONV_ERR;
+}
+
 /*
  * What the person typed, as a string the caller wipes and frees: from
  * PAM_AUTHTOK with try_first_pass/use_first_pass, else from one
@@ -412,15 +427,7 @@ static int get_answer(const struct context *ctx, char **answer)
         }
     }
     ret = pam_prompt(ctx->pamh, PAM_PROMPT_ECHO_OFF, answer, "%s", prompt);
-    if (ret == PAM_SUCCESS && *answer != NULL)
-        return PAM_SUCCESS;
-    if (*answer != NULL) {
-        explicit_bzero(*answer, strlen(*answer));
-        free(*answer);
-        *answer = NULL;
-    }
-    pam_syslog(ctx->pamh, LOG_ERR, "conversation failed: %s", pam_strerror(ctx->pamh, ret));
-    return ret == PAM_CONV_AGAIN ? PAM_INCOMPLETE : PAM_CONV_ERR;
+    return prompted(ctx, ret, answer);
 }
 
 /*
@@ -566,15 +573,7 @@ static int show_and_prompt(const struct context *ctx, int style, const struct wi
     ret = pam_prompt(ctx->pamh, style, answer, "%s", screen);
     explicit_bzero(screen, SCREEN_SIZE);
     free(screen);
-    if (ret == PAM_SUCCESS && *answer != NULL)
-        return PAM_SUCCESS;
-    if (*answer != NULL) {
-        explicit_bzero(*answer, strlen(*answer));
-        free(*answer);
-        *answer = NULL;
-    }
-    pam_syslog(ctx->pamh, LOG_ERR, "conversation failed: %s", pam_strerror(ctx->pamh, ret));
-    return ret == PAM_CONV_AGAIN ? PAM_INCOMPLETE : PAM_CONV_ERR;
+    return prompted(ctx, ret, answer);
 }
 
 /*
