@@ -244,19 +244,23 @@ class LoginHost:
         finally:
             transport.close()
 
+    def _openssh_argv(self, user: str, command: str) -> list[str]:
+        """`ssh`'s arguments: this host's key pinned, the client's key, then keyboard-interactive once."""
+        known_hosts = self.workdir / "known_hosts"
+        known_hosts.write_text(f"[127.0.0.1]:{self.sshd_port} ssh-ed25519 {self.host_key_b64}\n")
+        return ["-F", "/dev/null", "-p", str(self.sshd_port), "-i", str(self.client_key_path),
+                "-o", "IdentitiesOnly=yes", "-o", f"UserKnownHostsFile={known_hosts}",
+                "-o", "StrictHostKeyChecking=yes", "-o", "PreferredAuthentications=publickey,keyboard-interactive",
+                "-o", "NumberOfPasswordPrompts=1", "-o", "ConnectTimeout=10",
+                f"{user}@127.0.0.1", command]
+
     def openssh(self, answer: str, user: str | None = None, command: str = "id -un") -> tuple[str, int]:
         """Log in with the OpenSSH `ssh` client on a pty (pexpect), type `answer` at
         the first prompt; returns (everything the terminal showed, exit status)."""
         user = user or self.user
         import pexpect
 
-        known_hosts = self.workdir / "known_hosts"
-        known_hosts.write_text(f"[127.0.0.1]:{self.sshd_port} ssh-ed25519 {self.host_key_b64}\n")
-        argv = ["-F", "/dev/null", "-p", str(self.sshd_port), "-i", str(self.client_key_path),
-                "-o", "IdentitiesOnly=yes", "-o", f"UserKnownHostsFile={known_hosts}",
-                "-o", "StrictHostKeyChecking=yes", "-o", "PreferredAuthentications=publickey,keyboard-interactive",
-                "-o", "NumberOfPasswordPrompts=1", "-o", "ConnectTimeout=10",
-                f"{user}@127.0.0.1", command]
+        argv = self._openssh_argv(user, command)
         transcript = io.StringIO()
         child = pexpect.spawn("ssh", argv, timeout=15, encoding="utf-8", env={"PATH": os.environ["PATH"]})
         child.logfile_read = transcript
@@ -276,13 +280,7 @@ class LoginHost:
         user = user or self.user
         import pexpect
 
-        known_hosts = self.workdir / "known_hosts"
-        known_hosts.write_text(f"[127.0.0.1]:{self.sshd_port} ssh-ed25519 {self.host_key_b64}\n")
-        argv = ["-F", "/dev/null", "-p", str(self.sshd_port), "-i", str(self.client_key_path),
-                "-o", "IdentitiesOnly=yes", "-o", f"UserKnownHostsFile={known_hosts}",
-                "-o", "StrictHostKeyChecking=yes", "-o", "PreferredAuthentications=publickey,keyboard-interactive",
-                "-o", "NumberOfPasswordPrompts=1", "-o", "ConnectTimeout=10",
-                f"{user}@127.0.0.1", command]
+        argv = self._openssh_argv(user, command)
         transcript = io.StringIO()
         child = pexpect.spawn("ssh", argv, timeout=15, encoding="utf-8", env={"PATH": os.environ["PATH"], "LANG": "C.UTF-8"})
         child.logfile_read = transcript
