@@ -68,11 +68,7 @@ def world(directory):
 def scanned(reply: Reply, tmp_path: Path) -> str:
     """The otpauth URI a phone that does not invert reads off the lines as pam_totpd shows
     them (as they are, no colour), on a light, a dark and a palette-swapped light theme."""
-    text = "\n".join(value for _, value in reply.lines)
-    scans = {theme.name: terminal.zbar(terminal.screenshot(text, theme, tmp_path / "screen.png")) for theme in terminal.THEMES}
-    uri = scans[terminal.LIGHT.name]
-    assert uri is not None and set(scans.values()) == {uri}, f"zbarimg read {scans}"
-    return uri
+    return terminal.read_on_every_theme("\n".join(value for _, value in reply.lines), tmp_path)
 
 
 def secret_of(uri: str) -> str:
