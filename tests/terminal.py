@@ -222,3 +222,13 @@ def zbar(path: Path, inverted: bool = False) -> str | None:
     if result.returncode != 0:
         raise RuntimeError(f"zbarimg {path}: exit {result.returncode}: {result.stderr.strip()}")
     return result.stdout.rstrip("\n")
+
+
+def read_on_every_theme(text: str, directory: Path, **photo: int) -> str:
+    """The text of the one QR code zbarimg reads off `text` on each of THEMES without
+    inverting, as a phone app that does not invert would; an AssertionError naming what
+    each theme gave unless all read the same code. `photo`: `screenshot`'s columns, module_width."""
+    read = {theme.name: zbar(screenshot(text, theme, directory / f"{theme.name}.png", **photo)) for theme in THEMES}
+    found = read[LIGHT.name]
+    assert found is not None and set(read.values()) == {found}, f"zbarimg read, by theme: {read}"
+    return found

@@ -32,7 +32,7 @@ class World:
         self.now = NOW
         self.config = Config(
             database=str(directory / "totpd.db"), key_file=str(directory / "master.key"), check_accounts=False,
-            audit="stderr", recovery_codes=4, dbus="off", issuer="build-server-03.example.com", **config,  # type: ignore[arg-type]
+            audit="stderr", recovery_codes=4, dbus="off", **{"issuer": "build-server-03.example.com", **config},  # type: ignore[arg-type]
         )
         self.sealer = Sealer(load_key(self.config.key_file, create=True))
         self.store = open_store(self.config.database, key_check(self.sealer))
@@ -66,14 +66,9 @@ def world(directory):
 
 
 def scanned(reply: Reply, tmp_path: Path) -> str:
-    """The otpauth URI a phone reads off the lines as pam_totpd shows them (as they are):
-    dark on light on a light theme; inverted on a dark one, for scanners that read that."""
-    text = "\n".join(value for _, value in reply.lines)
-    uri = terminal.zbar(terminal.screenshot(text, terminal.LIGHT, tmp_path / "light.png"))
-    assert uri is not None, "zbarimg found no QR code"
-    dark = terminal.screenshot(text, terminal.DARK, tmp_path / "dark.png")
-    assert terminal.zbar(dark) is None and terminal.zbar(dark, inverted=True) == uri
-    return uri
+    """The otpauth URI a phone that does not invert reads off the lines as pam_totpd shows
+    them (as they are, no colour), on a light, a dark and a palette-swapped light theme."""
+    return terminal.read_on_every_theme("\n".join(value for _, value in reply.lines), tmp_path)
 
 
 def secret_of(uri: str) -> str:
@@ -160,5 +155,17 @@ def test_wrong_first_codes_lock_the_account_and_a_locked_one_is_shown_no_qr_code
         again = world.call("login_enroll")
         assert again.status == "LOCKED" and again.lines == () and "totpctl unlock alice" in again.message
         assert world.call("login_confirm", code=totp.at(NOW)).status == "LOCKED"
+    finally:
+        world.close()
+
+
+def test_an_issuer_too_long_for_two_copies_of_the_code_in_one_reply_is_refused_and_logged(directory, caplog):
+    """Two copies of the code (one per terminal theme) must fit the 64 lines of a reply:
+    a URI past QR version 9 does not, and the log names the key to shorten."""
+    world = World(directory, enroll_at_login=True, issuer="x" * 90)
+    try:
+        answer = world.call("login_enroll")
+        assert answer.status == "UNAVAILABLE" and answer.lines == ()
+        assert "shorten 'issuer'" in caplog.text
     finally:
         world.close()

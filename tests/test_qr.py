@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pyotp
+import pytest
 
 import terminal
 from totpd import qr
@@ -55,18 +56,90 @@ def test_the_lines_draw_exactly_the_symbol_inside_a_light_quiet_zone():
     assert len(shown) - (size + 2 * zone) in (0, 1)
 
 
-def test_the_ascii_drawing_is_the_symbol_two_columns_a_module_with_the_same_quiet_zone():
-    matrix = [[bool(module) for module in row] for row in qr.symbol(URI).matrix_iter(border=qr.TERMINAL_QUIET_ZONE)]
+def _copies(lines: list[str], width: int) -> tuple[list[str], list[str]]:
+    """The two copies of a plain drawing `width` columns each: (left, right) or (upper, lower)."""
+    if len(lines[0]) > width:
+        return [line[:width] for line in lines], [line[width + qr.COPIES_GAP :] for line in lines]
+    return lines[: len(lines) // 2], lines[len(lines) // 2 :]
+
+
+def _inked(lines: list[str]) -> list[list[bool]]:
+    """Which modules of half-block lines are drawn in the text's colour (two a text row)."""
+    rows: list[list[bool]] = []
+    for line in lines:
+        rows += [[char in "\u2588\u2580" for char in line], [char in "\u2588\u2584" for char in line]]
+    return rows
+
+
+def _matrix(uri: str) -> list[list[bool]]:
+    return [[bool(module) for module in row] for row in qr.symbol(uri).matrix_iter(border=qr.TERMINAL_QUIET_ZONE)]
+
+
+SHORT_URI = pyotp.TOTP(pyotp.random_base32(32)).provisioning_uri(name="alice", issuer_name="web1")
+
+
+@pytest.mark.parametrize("uri", [SHORT_URI, URI], ids=["short", "long"])
+def test_the_plain_drawing_is_the_symbol_in_ink_and_the_same_inverted_with_its_quiet_zone(uri):
+    matrix = _matrix(uri)
+    width = len(matrix[0])
+    lines = qr.block_lines(uri)
+    assert all(set(line) <= set("\u2588\u2580\u2584 ") for line in lines)  # text only: no escape to strip
+    for_light, for_dark = _copies(lines, width)
+    assert all(len(line) == width for line in for_light + for_dark)
+    # An odd count of module rows: the last text row's lower half is more quiet zone, in each copy's ink.
+    assert _inked(for_light)[: len(matrix)] == matrix
+    assert _inked(for_dark)[: len(matrix)] == [[not module for module in row] for row in matrix]
+    assert all(not any(row) for row in _inked(for_light)[len(matrix) :])
+    assert all(all(row) for row in _inked(for_dark)[len(matrix) :])
+
+
+def test_two_copies_go_side_by_side_where_they_fit_80_columns_and_one_above_the_other_where_not():
+    short, long = qr.block_lines(SHORT_URI), qr.block_lines(URI)
+    short_width, long_width = (len(_matrix(uri)[0]) for uri in (SHORT_URI, URI))
+    assert max(len(line) for line in short) == 2 * short_width + qr.COPIES_GAP <= 80
+    assert len(short) == (short_width + 1) // 2  # one copy's height
+    assert max(len(line) for line in long) == long_width and 2 * long_width + qr.COPIES_GAP > 80
+    assert len(long) == 2 * ((long_width + 1) // 2)
+    # A wider terminal takes them side by side.
+    assert max(len(line) for line in qr.block_lines(URI, columns=120)) == 2 * long_width + qr.COPIES_GAP
+
+
+def test_the_ascii_drawing_is_the_same_two_copies_two_columns_a_module_one_row_a_line():
+    matrix = _matrix(URI)
     lines = qr.ascii_lines(URI)
     assert all(line.isascii() and set(line) <= {"#", " "} for line in lines)
-    assert [[line[i : i + 2] == "##" for i in range(0, len(line), 2)] for line in lines] == matrix
     assert all(line[i : i + 2] in ("##", "  ") for line in lines for i in range(0, len(line), 2))
+    for_light, for_dark = _copies(lines, 2 * len(matrix[0]))
+    assert [[line[i : i + 2] == "##" for i in range(0, len(line), 2)] for line in for_light] == matrix
+    assert [[line[i : i + 2] == "  " for i in range(0, len(line), 2)] for line in for_dark] == matrix
 
 
-def test_the_terminal_code_fits_an_80_column_terminal_and_a_pam_message():
-    lines = qr.terminal_lines(URI)
-    assert len(terminal.cells("\n".join(lines), terminal.LIGHT)) == len(lines)  # nothing wrapped at 80 columns
-    assert max(len(line.encode()) for line in lines) < 512  # PAM_MAX_MSG_SIZE, for a conversation to carry
+@pytest.mark.parametrize("uri", [SHORT_URI, URI], ids=["side by side", "one above the other"])
+def test_the_plain_drawing_scans_on_light_and_dark_themes_without_an_inverting_scanner(uri, tmp_path):
+    text = qr.TWO_COPIES + ":\n" + "\n".join(qr.block_lines(uri)) + "\nOr add an account by hand with this key\n"
+    assert terminal.read_on_every_theme(text, tmp_path) == uri
+
+
+def test_one_copy_alone_scans_on_one_theme_only_which_is_why_there_are_two(tmp_path):
+    """The drawing before two copies: the dark modules in the text's colour, read on a dark
+    theme only by a scanner that inverts (zbarimg -Stest-inverted), which many phone apps are not."""
+    for_light, for_dark = _copies(qr.block_lines(URI), len(_matrix(URI)[0]))
+    scans = {}
+    for name, lines in (("for light", for_light), ("for dark", for_dark)):
+        for theme in (terminal.LIGHT, terminal.DARK):
+            photo = terminal.screenshot("\n".join(lines), theme, tmp_path / "screen.png")
+            scans[name, theme.name] = (terminal.zbar(photo), terminal.zbar(photo, inverted=True))
+    assert scans == {
+        ("for light", "light"): (URI, URI), ("for light", "dark"): (None, URI),
+        ("for dark", "light"): (None, URI), ("for dark", "dark"): (URI, URI),
+    }
+
+
+def test_the_plain_drawing_fits_80_columns_and_a_pam_message():
+    for uri in (SHORT_URI, URI):
+        lines = qr.block_lines(uri)
+        assert len(terminal.cells("\n".join(lines), terminal.LIGHT)) == len(lines)  # nothing wrapped at 80 columns
+        assert max(len(line.encode()) for line in lines) < 512  # PAM_MAX_MSG_SIZE
 
 
 def test_a_uri_short_enough_for_a_micro_qr_still_gets_a_regular_qr_code():
@@ -87,12 +160,13 @@ def test_debians_segno_draws_the_same_lines():
     script = (
         "import json, sys, segno\n"
         "from totpd import qr\n"
-        "print(json.dumps([segno.__version__, qr.terminal_lines(sys.argv[1]), qr.ascii_lines(sys.argv[1])]))\n"
+        "print(json.dumps([segno.__version__, qr.terminal_lines(sys.argv[1]), qr.block_lines(sys.argv[1]),"
+        " qr.ascii_lines(sys.argv[1])]))\n"
     )
     result = subprocess.run(
         ["/usr/bin/python3", "-I", "-c", f"import sys; sys.path.insert(0, {str(REPO)!r})\n" + script, URI],
         capture_output=True, text=True, check=True, cwd="/",
     )
-    version, lines, ascii_lines = json.loads(result.stdout)
-    assert (lines, ascii_lines) == (qr.terminal_lines(URI), qr.ascii_lines(URI)), f"segno {version}"
+    version, *drawings = json.loads(result.stdout)
+    assert drawings == [qr.terminal_lines(URI), qr.block_lines(URI), qr.ascii_lines(URI)], f"segno {version}"
 

@@ -107,6 +107,13 @@ def _qr_drawing() -> Any:
 # -- commands ------------------------------------------------------------------------
 
 
+def _colour_terminal() -> bool:
+    """Whether the QR code may be drawn in its own colours: standard output is a terminal
+    and NO_COLOR (no-color.org) is unset; elsewhere (a file, a pipe, a pager) the
+    escapes would arrive as text, so two plain copies are drawn instead (totpd.qr)."""
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+
+
 def cmd_enroll(args: argparse.Namespace) -> int:
     return _new_token(args, "enroll")
 
@@ -146,9 +153,11 @@ def _new_token(args: argparse.Namespace, verb: str) -> int:
         _write_private(args.qr_svg, lambda handle: handle.write(qr.svg(uri)))
     out = sys.stderr if args.json else sys.stdout
     if not args.json:
-        print("Scan this QR code with an authenticator app")
+        colour = not args.qr_ascii and _colour_terminal()
+        print("Scan this QR code with an authenticator app" if colour else qr.TWO_COPIES)
         print("(Google Authenticator, FreeOTP, Aegis, 1Password, Authy, ...):\n")
-        print("\n".join(qr.ascii_lines(uri) if args.qr_ascii else qr.terminal_lines(uri)), end="\n\n")
+        drawing = qr.terminal_lines(uri) if colour else qr.ascii_lines(uri) if args.qr_ascii else qr.block_lines(uri)
+        print("\n".join(drawing), end="\n\n")
         kind = "counter-based (HOTP)" if args.type == "hotp" else "time-based"
         print(f"Or add it by hand: account {user}, {kind} key:\n  {_grouped(secret)}")
         print(f"URI: {uri}\n")
@@ -470,9 +479,9 @@ def _token_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--qr-svg", metavar="FILE", help="also write the QR code as SVG (mode 0600)")
     parser.add_argument(
         "--qr-ascii", action="store_true",
-        help="draw the QR code in plain ASCII ('##' a dark module; about 100 columns) for terminals without colour: it "
-        "scans only where text is dark on a light background. By default it is drawn black on white in its own colours, "
-        "whatever the terminal's theme",
+        help="draw the QR code in plain ASCII ('##' a module) for terminals without block characters: two copies, one for "
+        "light and one for dark themes, about 90 columns and 90 lines. By default a terminal gets it black on white in its "
+        "own colours, whatever its theme; NO_COLOR, a file or a pipe get two copies in block characters",
     )
     parser.add_argument("--no-confirm", action="store_true", help="activate at once, without a first code (provisioning)")
     parser.add_argument("--secret-file", metavar="PATH", help="provision this base32 secret (- for stdin) instead of a new one")

@@ -134,7 +134,7 @@ class EnrollAtLogin:
         minutes = max(1, math.floor(left / 60))
         lines = [
             ("info", f"Two-factor login is required for {user} and no authenticator is enrolled yet."),
-            ("info", "Scan this QR code with an authenticator app:"),
+            ("info", qr.TWO_COPIES + ":"),
             *(("qr", line) for line in qr.block_lines(uri)),
             ("info", "Or add an account by hand with this key (time-based, "
                      f"{params.algorithm}, {params.digits} digits, {params.period} s):"),

@@ -6,6 +6,8 @@ import re
 import sys
 import time
 
+import pytest
+
 PROMPT = "Verification code: "
 
 
@@ -82,18 +84,20 @@ def test_ssh_with_the_shipped_stack_lets_an_unenrolled_account_in_where_policy_a
 # -- enroll_at_login -------------------------------------------------------------
 
 def _scan(screen: str, tmp_path, name: str) -> str:
-    """The secret a phone reads off `screen` (what the client showed), on a light theme."""
+    """The secret a phone that does not invert reads off `screen` (what the client showed),
+    on a light, a dark and a palette-swapped light theme alike."""
     import urllib.parse
 
     import terminal
 
-    uri = terminal.zbar(terminal.screenshot(screen.replace("\r", ""), terminal.LIGHT, tmp_path / f"{name}.png"))
-    assert uri is not None and uri.startswith("otpauth://totp/"), f"no QR code in what the client showed:\n{screen}"
+    (tmp_path / name).mkdir(exist_ok=True)
+    uri = terminal.read_on_every_theme(screen.replace("\r", ""), tmp_path / name)
+    assert uri.startswith("otpauth://totp/"), uri
     return urllib.parse.parse_qs(urllib.parse.urlsplit(uri).query)["secret"][0]
 
 
-def _unenrolled_with_enroll_at_login(make_totp):
-    totp = make_totp(config="enroll_at_login = true\n", **SHIPPED)
+def _unenrolled_with_enroll_at_login(make_totp, issuer: str = ""):
+    totp = make_totp(config="enroll_at_login = true\n" + (f'issuer = "{issuer}"\n' if issuer else ""), **SHIPPED)
     reset = totp.host.run([sys.executable, "-m", "totpd.cli", "--socket", totp.socket, "reset", totp.host.user])
     assert reset.returncode == 0, reset.stderr
     return totp
@@ -132,10 +136,12 @@ def test_a_new_account_enrolls_at_its_first_ssh_login_by_scanning_the_qr_code_an
     assert again.authenticated and again.prompts == [PROMPT], again
 
 
-def test_openssh_client_enrolls_at_login_and_sees_the_qr_code_key_and_recovery_codes(make_totp, tmp_path):
+# A short issuer's two copies of the code go side by side, a long one's one above the other.
+@pytest.mark.parametrize("issuer", ["web", "build-server-03.example.com"])
+def test_openssh_client_enrolls_at_login_and_sees_the_qr_code_key_and_recovery_codes(make_totp, tmp_path, issuer):
     import pyotp
 
-    totp = _unenrolled_with_enroll_at_login(make_totp)
+    totp = _unenrolled_with_enroll_at_login(make_totp, issuer)
     seen: list[str] = []
 
     def answer(screen: str) -> str:
@@ -147,6 +153,8 @@ def test_openssh_client_enrolls_at_login_and_sees_the_qr_code_key_and_recovery_c
     transcript, status = totp.host.openssh_dialog(answer)
     assert status == 0, transcript
     assert len(seen) == 2 and f"({totp.host.user}@127.0.0.1) Two-factor login is required" in seen[0]
+    widest = max(len(line.rstrip("\r")) for line in seen[0].splitlines() if "\u2588" in line)
+    assert widest <= 80 and (widest > 60) == (issuer == "web"), seen[0]  # side by side, or one above the other
     assert len(re.findall(r"\b[a-z0-9]{4}-[a-z0-9]{4}-[a-z0-9]{4}\b", seen[1])) == 10, seen[1]
     assert transcript.rstrip().endswith(totp.host.user)
 

@@ -125,13 +125,13 @@ def test_forward_pass_against_the_real_daemon(daemon, totp_stack):
 # -- enroll_at_login ----------------------------------------------------------------
 
 def _scan(prompt: str, directory) -> str:
-    """The secret a phone reads off the prompt's QR code (drawn in text), on a light theme."""
+    """The secret a phone that does not invert reads off the prompt's QR code (drawn in
+    text), on a light and a dark theme alike."""
     import urllib.parse
 
     import terminal
 
-    uri = terminal.zbar(terminal.screenshot(prompt, terminal.LIGHT, directory / "prompt.png"))
-    assert uri is not None, f"no QR code in the prompt:\n{prompt}"
+    uri = terminal.read_on_every_theme(prompt, directory)
     return urllib.parse.parse_qs(urllib.parse.urlsplit(uri).query)["secret"][0]
 
 
