@@ -23,9 +23,9 @@ DEBIAN_TESTS ?= tests/test_otp.py tests/test_protocol.py tests/test_config.py te
 # dependencies (pip takes them from PyPI as wheels), a daemon on SQLite, libpam.
 DEMO_APT_PACKAGES = build-essential libpam0g-dev python3 python3-venv
 # What `make test` runs besides: sshd, sudo and pam_wrapper logins, zbarimg and oathtool
-# against enrollment, the PAM peers, PostgreSQL, systemd, D-Bus, packaging and man pages.
+# against enrollment, faketime (a daemon with a wrong clock), the PAM peers, PostgreSQL, systemd, D-Bus, packaging and man pages.
 TEST_APT_PACKAGES = $(DEMO_APT_PACKAGES) libpam-wrapper python3-dev \
-               openssh-server openssh-client openssl sudo zbar-tools oathtool util-linux \
+               openssh-server openssh-client openssl sudo zbar-tools oathtool faketime util-linux \
                libpam-google-authenticator libpam-oath postgresql systemd \
                dbus dbus-daemon dbus-bin libglib2.0-bin libdbus-1-dev libglib2.0-dev pkg-config \
                debhelper dpkg-dev python3-pip scdoc man-db groff-base clang libclang-rt-dev \
