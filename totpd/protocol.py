@@ -35,7 +35,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 _COMMON = {"user", "service", "rhost", "tty"}
 # Reply keys that may repeat: each is one line shown to the person, in order
-# (`qr`: a line of a QR code drawn in text, which the PAM module colours).
+# (`qr`: a row of a QR code drawn in text).
 LINE_KEYS = ("info", "qr")
 TOKEN_NAME = re.compile(r"[a-z0-9_.-]{1,32}")
 TOKEN_TYPES = ("totp", "hotp")
