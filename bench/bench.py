@@ -173,7 +173,7 @@ class Accounts:
         as older than the step already used.
 
         One code in a million equals the next step's code too; the daemon then
-        records the later step (otp.match_step), and that step's code, the same
+        records the later step (otp.match_any), and that step's code, the same
         digits, is a replay from then on. So the step recorded is the later one."""
         step = current_step()
         plan: list[tuple[int, int]] = []

@@ -108,7 +108,7 @@ async def measure(args: argparse.Namespace, directory: str) -> int:
         step = otp.time_step(time.time(), PARAMS)
         checks = [encode_request("check", {"user": user, "service": "sshd", "rhost": "192.0.2.1"})[HEADER_SIZE:]
                   for user in users]
-        verifies = [encode_request("verify", {"user": user, "code": otp.code_at_step(secrets[user], PARAMS, step),
+        verifies = [encode_request("verify", {"user": user, "code": otp.hotp(secrets[user], step, PARAMS.digits, PARAMS.algorithm.lower()),
                                               "service": "sshd", "rhost": "192.0.2.1"})[HEADER_SIZE:]
                     for user in users]
         check_statuses, verify_statuses = Counter(), Counter()

@@ -335,12 +335,22 @@ static const char *talk(int fd, struct wire_request *req, struct wire_reply *rep
     return fault;
 }
 
+/* The questions the module asks: verbs of docs/protocol.md. */
+enum verb { CHECK, VERIFY, LOGIN_ENROLL, LOGIN_CONFIRM, VERBS };
+
+static const char *const verb_names[VERBS] = {
+    [CHECK] = "check",
+    [VERIFY] = "verify",
+    [LOGIN_ENROLL] = "login_enroll",
+    [LOGIN_CONFIRM] = "login_confirm",
+};
+
 /*
  * Ask one question (check, or verify with the code) on a new connection, all
  * within opts.timeout_ms; the request frame holding the code is wiped. `lines`:
  * NULL, or where an enrollment verb's lines go.
  */
-static int ask_lines(struct context *ctx, const char *verb, const char *code,
+static int ask_lines(struct context *ctx, enum verb verb, const char *code,
                      struct wire_reply *reply, struct wire_lines *lines)
 {
     const struct wire_field fields[] = {
@@ -352,7 +362,7 @@ static int ask_lines(struct context *ctx, const char *verb, const char *code,
     const char *fault = "cannot connect to";
     int fd;
 
-    if (!wire_build_request(&req, verb, fields, sizeof fields / sizeof fields[0])) {
+    if (!wire_build_request(&req, verb_names[verb], fields, sizeof fields / sizeof fields[0])) {
         pam_syslog(ctx->pamh, LOG_ERR, "PAM_SERVICE, PAM_RHOST or PAM_TTY is over %d bytes or "
                    "holds a control character; nothing sent to totpd", MAX_VALUE);
         return PAM_AUTHINFO_UNAVAIL;
@@ -361,7 +371,7 @@ static int ask_lines(struct context *ctx, const char *verb, const char *code,
     if (fd >= 0) {
         fault = talk(fd, &req, reply, lines, deadline);
         if (fault != NULL)
-            pam_syslog(ctx->pamh, LOG_ERR, "%s: %s totpd at %s: %m", verb, fault,
+            pam_syslog(ctx->pamh, LOG_ERR, "%s: %s totpd at %s: %m", verb_names[verb], fault,
                        ctx->opts.socket_path);
         close(fd);
     }
@@ -371,12 +381,12 @@ static int ask_lines(struct context *ctx, const char *verb, const char *code,
         return PAM_AUTHINFO_UNAVAIL;
     }
     if (ctx->opts.debug)
-        pam_syslog(ctx->pamh, LOG_DEBUG, "%s user=%s: totpd answered %s", verb, ctx->user,
-                   reply->status);
+        pam_syslog(ctx->pamh, LOG_DEBUG, "%s user=%s: totpd answered %s", verb_names[verb],
+                   ctx->user, reply->status);
     return PAM_SUCCESS;
 }
 
-static int ask(struct context *ctx, const char *verb, const char *code, struct wire_reply *reply)
+static int ask(struct context *ctx, enum verb verb, const char *code, struct wire_reply *reply)
 {
     return ask_lines(ctx, verb, code, reply, NULL);
 }
@@ -475,13 +485,37 @@ static int take_code(const struct context *ctx, char *answer, char *code)
 
 /* ------------------------------------------------------------ map reply */
 
-static const struct {
+/* What a reply to one verb leads to. */
+enum next {
+    END,         /* the conversation ends with the status's PAM code, its message shown */
+    GO_ON,       /* the conversation's next step */
+    ENROLL_NOW,  /* enrollment at login */
+    OUT_OF_TURN, /* a yes where only a refusal may come: unavailable, its message not shown */
+};
+
+/*
+ * docs/protocol.md "Statuses and what the PAM module does with them": the one
+ * place a status becomes a PAM code or the conversation's next step, for each
+ * verb (END where none is named). A status not listed, like NEED_CODE or ENROLL
+ * where it leads nowhere, ends as PAM_AUTHINFO_UNAVAIL. Enrollment at login says
+ * yes only through NEED_CODE, then ACCEPTED.
+ */
+static const struct status_rule {
     const char *status;
     int pam_code;
-} status_map[] = {
-    {"ACCEPTED", PAM_SUCCESS},  {"IGNORE", PAM_IGNORE},        {"REJECTED", PAM_AUTH_ERR},
-    {"DENIED", PAM_AUTH_ERR},   {"LOCKED", PAM_MAXTRIES},      {"UNKNOWN_USER", PAM_USER_UNKNOWN},
+    enum next next[VERBS];
+} status_rules[] = {
+    {"ACCEPTED", PAM_SUCCESS, {[LOGIN_ENROLL] = OUT_OF_TURN, [LOGIN_CONFIRM] = GO_ON}},
+    {"IGNORE", PAM_IGNORE, {[LOGIN_ENROLL] = OUT_OF_TURN, [LOGIN_CONFIRM] = OUT_OF_TURN}},
+    {"REJECTED", PAM_AUTH_ERR, {END}},
+    {"DENIED", PAM_AUTH_ERR, {END}},
+    {"LOCKED", PAM_MAXTRIES, {END}},
+    {"UNKNOWN_USER", PAM_USER_UNKNOWN, {END}},
+    {"NEED_CODE", PAM_AUTHINFO_UNAVAIL, {[CHECK] = GO_ON, [LOGIN_ENROLL] = GO_ON}},
+    {"ENROLL", PAM_AUTHINFO_UNAVAIL, {[CHECK] = ENROLL_NOW}},
 };
+
+static const struct status_rule unlisted_status = {"", PAM_AUTHINFO_UNAVAIL, {END}};
 
 /* Refusals go out as PAM_ERROR_MSG (always); anything else as PAM_TEXT_INFO. */
 static void show_message(const struct context *ctx, int flags, const struct wire_reply *reply,
@@ -495,22 +529,34 @@ static void show_message(const struct context *ctx, int flags, const struct wire
         pam_info(ctx->pamh, "%s", reply->message);
 }
 
-/* A final reply (anything but NEED_CODE to check): its PAM code, its message shown. */
-static int finish_reply(const struct context *ctx, int flags, const char *verb,
-                        const struct wire_reply *reply)
+/*
+ * The reply to `verb`, read through status_rules: GO_ON or ENROLL_NOW with *ret
+ * PAM_SUCCESS, else END with *ret the PAM code the conversation ends with, what
+ * the person must see shown and anything unavailable logged.
+ */
+static enum next read_reply(const struct context *ctx, int flags, enum verb verb,
+                            const struct wire_reply *reply, int *ret)
 {
-    int ret = PAM_AUTHINFO_UNAVAIL; /* docs/protocol.md "Statuses": anything unlisted */
+    const struct status_rule *rule = &unlisted_status;
+    enum next next;
 
-    for (size_t i = 0; i < sizeof status_map / sizeof status_map[0]; i++)
-        if (strcmp(reply->status, status_map[i].status) == 0)
-            ret = status_map[i].pam_code;
-    if (ret == PAM_AUTHINFO_UNAVAIL) {
-        pam_syslog(ctx->pamh, LOG_ERR, "%s: totpd answered %s", verb, reply->status);
-        if (!reply->has_message)
+    for (size_t i = 0; i < sizeof status_rules / sizeof status_rules[0]; i++)
+        if (strcmp(reply->status, status_rules[i].status) == 0)
+            rule = &status_rules[i];
+    next = rule->next[verb];
+    if (next == GO_ON || next == ENROLL_NOW) {
+        *ret = PAM_SUCCESS;
+        return next;
+    }
+    *ret = next == OUT_OF_TURN ? PAM_AUTHINFO_UNAVAIL : rule->pam_code;
+    if (*ret == PAM_AUTHINFO_UNAVAIL) {
+        pam_syslog(ctx->pamh, LOG_ERR, "%s: totpd answered %s", verb_names[verb], reply->status);
+        if (next == OUT_OF_TURN || !reply->has_message)
             pam_error(ctx->pamh, "%s", UNAVAILABLE_TEXT);
     }
-    show_message(ctx, flags, reply, ret != PAM_SUCCESS && ret != PAM_IGNORE);
-    return ret;
+    if (next == END)
+        show_message(ctx, flags, reply, *ret != PAM_SUCCESS && *ret != PAM_IGNORE);
+    return END;
 }
 
 /* ----------------------------------------------------- enroll at login */
@@ -576,25 +622,6 @@ static int show_and_prompt(const struct context *ctx, int style, const struct wi
     return prompted(ctx, ret, answer);
 }
 
-/*
- * A reply to login_enroll or login_confirm that is not the one to go on with:
- * a refusal keeps its PAM code; ACCEPTED, IGNORE and anything unlisted are
- * unavailable (docs/protocol.md: only NEED_CODE, then ACCEPTED, say yes).
- */
-static int enroll_refusal(const struct context *ctx, int flags, const char *verb,
-                          const struct wire_reply *reply)
-{
-    int ret;
-
-    if (strcmp(reply->status, "ACCEPTED") == 0 || strcmp(reply->status, "IGNORE") == 0) {
-        pam_syslog(ctx->pamh, LOG_ERR, "%s: totpd answered %s", verb, reply->status);
-        pam_error(ctx->pamh, "%s", UNAVAILABLE_TEXT);
-        return PAM_AUTHINFO_UNAVAIL;
-    }
-    ret = finish_reply(ctx, flags, verb, reply);
-    return ret == PAM_SUCCESS || ret == PAM_IGNORE ? PAM_AUTHINFO_UNAVAIL : ret;
-}
-
 static int enroll_at_login(struct context *ctx, int flags)
 {
     struct context plain = *ctx; /* the first code is a code alone, typed after the QR code */
@@ -615,13 +642,9 @@ static int enroll_at_login(struct context *ctx, int flags)
         ret = PAM_AUTH_ERR;
         goto cleanup;
     }
-    ret = ask_lines(ctx, "login_enroll", NULL, &reply, lines);
-    if (ret != PAM_SUCCESS)
+    ret = ask_lines(ctx, LOGIN_ENROLL, NULL, &reply, lines);
+    if (ret != PAM_SUCCESS || read_reply(ctx, flags, LOGIN_ENROLL, &reply, &ret) != GO_ON)
         goto cleanup;
-    if (strcmp(reply.status, "NEED_CODE") != 0) {
-        ret = enroll_refusal(ctx, flags, "login_enroll", &reply);
-        goto cleanup;
-    }
     ret = show_and_prompt(ctx, PAM_PROMPT_ECHO_OFF, lines, ENROLL_PROMPT, &answer);
     if (ret != PAM_SUCCESS)
         goto cleanup;
@@ -629,13 +652,9 @@ static int enroll_at_login(struct context *ctx, int flags)
     ret = take_code(&plain, answer, code);
     if (ret != PAM_SUCCESS)
         goto cleanup;
-    ret = ask_lines(ctx, "login_confirm", code, &reply, lines);
-    if (ret != PAM_SUCCESS)
+    ret = ask_lines(ctx, LOGIN_CONFIRM, code, &reply, lines);
+    if (ret != PAM_SUCCESS || read_reply(ctx, flags, LOGIN_CONFIRM, &reply, &ret) != GO_ON)
         goto cleanup;
-    if (strcmp(reply.status, "ACCEPTED") != 0) {
-        ret = enroll_refusal(ctx, flags, "login_confirm", &reply);
-        goto cleanup;
-    }
     explicit_bzero(answer, answer_size);
     free(answer);
     answer = NULL;
@@ -665,6 +684,7 @@ PAM_EXTERN int pam_sm_authenticate(pam_handle_t *pamh, int flags, int argc, cons
     char *answer = NULL;
     size_t answer_size = 0; /* take_code cuts answer short: wipe all of it */
     const void *item;
+    enum next next;
     int ret;
 
     /* options */
@@ -684,17 +704,14 @@ PAM_EXTERN int pam_sm_authenticate(pam_handle_t *pamh, int flags, int argc, cons
     ctx.tty = pam_get_item(pamh, PAM_TTY, &item) == PAM_SUCCESS ? item : NULL;
 
     /* ask: does this account need a code here? */
-    ret = ask(&ctx, "check", NULL, &reply);
+    ret = ask(&ctx, CHECK, NULL, &reply);
     if (ret != PAM_SUCCESS)
         goto cleanup;
-    if (strcmp(reply.status, "ENROLL") == 0) {
+    next = read_reply(&ctx, flags, CHECK, &reply, &ret);
+    if (next == ENROLL_NOW)
         ret = enroll_at_login(&ctx, flags);
+    if (next != GO_ON)
         goto cleanup;
-    }
-    if (strcmp(reply.status, "NEED_CODE") != 0) {
-        ret = finish_reply(&ctx, flags, "check", &reply);
-        goto cleanup;
-    }
     show_message(&ctx, flags, &reply, false);
 
     /* converse */
@@ -706,10 +723,10 @@ PAM_EXTERN int pam_sm_authenticate(pam_handle_t *pamh, int flags, int argc, cons
     if (ret != PAM_SUCCESS)
         goto cleanup;
 
-    /* answer, then map the reply (NEED_CODE to verify is unlisted: unavailable) */
-    ret = ask(&ctx, "verify", code, &reply);
+    /* answer, then map the reply (every status to verify ends the conversation) */
+    ret = ask(&ctx, VERIFY, code, &reply);
     if (ret == PAM_SUCCESS)
-        ret = finish_reply(&ctx, flags, "verify", &reply);
+        read_reply(&ctx, flags, VERIFY, &reply, &ret);
 
 cleanup:
     explicit_bzero(code, sizeof code);

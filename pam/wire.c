@@ -161,7 +161,7 @@ static bool is_key(const unsigned char *key, size_t key_len, const char *name)
 }
 
 /* Keep one `info` or `qr` line; false when it is too long or one too many. */
-static bool keep_line(struct wire_lines *lines, bool qr, const unsigned char *value, size_t len)
+static bool keep_line(struct wire_lines *lines, const unsigned char *value, size_t len)
 {
     struct wire_line *line;
 
@@ -171,7 +171,6 @@ static bool keep_line(struct wire_lines *lines, bool qr, const unsigned char *va
     line = &lines->line[lines->count++];
     line->start = lines->used;
     line->len = len;
-    line->qr = qr;
     memcpy(lines->text + lines->used, value, len);
     lines->text[lines->used + len] = '\0';
     lines->used += len + 1;
@@ -205,7 +204,7 @@ static bool parse_reply(const unsigned char *payload, size_t len, size_t limit,
         if (!valid_token(line, key_len, 'a', 'z') || !wire_valid_text(value, value_len, limit))
             return false;
         if (lines != NULL && (is_key(line, key_len, "info") || is_key(line, key_len, "qr"))) {
-            if (!keep_line(lines, is_key(line, key_len, "qr"), value, value_len))
+            if (!keep_line(lines, value, value_len))
                 return false;
         } else if (is_key(line, key_len, "message")) {
             /* a key the module reads comes once: which of two would the person see? */

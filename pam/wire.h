@@ -53,7 +53,6 @@ struct wire_reply {
 struct wire_line {
     size_t start; /* offset in text */
     size_t len;
-    bool qr; /* a row of a QR code drawn in text: the module sets its colours */
 };
 
 struct wire_lines {

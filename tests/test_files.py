@@ -13,7 +13,7 @@ import pytest
 
 from daemonproc import DaemonProcess
 from totpd import daemon as daemon_module
-from totpd.errors import TotpdError
+from totpd.errors import SocketError
 
 NOBODY = 65534
 
@@ -76,7 +76,7 @@ def test_the_socket_mode_is_set_on_the_socket_itself_never_through_a_symlink(tmp
     target.chmod(0o600)
     link = tmp_path / "totpd.sock"
     link.symlink_to(target)
-    with pytest.raises(TotpdError, match="not a socket"):
+    with pytest.raises(SocketError, match="not a socket"):
         daemon_module._set_owner_and_mode(str(link), -1, 0o666)
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
 

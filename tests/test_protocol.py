@@ -5,8 +5,10 @@ framing) and of encode/decode round trips.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import struct
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,6 +35,57 @@ def test_the_documented_statuses_are_the_ones_docs_protocol_md_lists():
     table = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text()
     listed = {line.split("`")[1] for line in table.splitlines() if line.startswith("| `") and line.split("`")[1].isupper()}
     assert DOCUMENTED_STATUSES == {name for name in listed if not name.startswith("MAX_")}
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _limits_of_the_daemon() -> dict[str, object]:
+    names = [name for name in vars(protocol) if name.startswith("MAX_")]
+    return {"MAGIC": protocol.MAGIC, "VERSION": protocol.VERSION, "HEADER_SIZE": protocol.HEADER_SIZE} | {
+        name: getattr(protocol, name) for name in names
+    }
+
+
+def _limits_of_the_pam_module() -> dict[str, object]:
+    """pam/wire.h's #defines of numbers, under protocol.py's names."""
+    header = (REPO / "pam" / "wire.h").read_text()
+    defines = {name: int(value, 0) for name, value in re.findall(r"^#define (\w+) (0x[0-9A-Fa-f]+|\d+)\b", header, re.M)}
+    limits = {name: value for name, value in defines.items() if name.startswith("MAX_")}
+    return limits | {
+        "MAGIC": bytes([defines["FRAME_MAGIC_0"], defines["FRAME_MAGIC_1"]]),
+        "VERSION": defines["FRAME_VERSION"],
+        "HEADER_SIZE": defines["FRAME_HEADER_SIZE"],
+    }
+
+
+def _limits_of_the_fake_daemon() -> dict[str, object]:
+    """tests/pam/fakedaemon.py's constants, written apart from protocol.py on purpose."""
+    spec = importlib.util.spec_from_file_location("fakedaemon_limits", REPO / "tests" / "pam" / "fakedaemon.py")
+    fake = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # its dataclasses look themselves up there
+    spec.loader.exec_module(fake)
+    names = [name for name in vars(fake) if name.startswith("MAX_")]
+    return {"MAGIC": fake.MAGIC, "VERSION": fake.VERSION, "HEADER_SIZE": fake.HEADER.size} | {
+        name: getattr(fake, name) for name in names
+    }
+
+
+def _limits_of_the_document() -> dict[str, object]:
+    """docs/protocol.md's table of limits: | `MAX_...` | number | what it bounds |."""
+    text = (REPO / "docs" / "protocol.md").read_text()
+    return {name: int(value) for name, value in re.findall(r"^\| `(MAX_\w+)` *\| *(\d+) *\|", text, re.M)}
+
+
+def test_the_wire_limits_agree_across_the_daemon_the_pam_module_its_fake_daemon_and_the_document():
+    daemon = _limits_of_the_daemon()
+    framing = {"MAGIC", "VERSION", "HEADER_SIZE", "MAX_REQUEST_PAYLOAD", "MAX_AUTH_REPLY_PAYLOAD",
+               "MAX_ENROLL_REPLY_PAYLOAD", "MAX_LINES", "MAX_MESSAGE", "MAX_TOKEN"}
+    for where, limits in [("pam/wire.h", _limits_of_the_pam_module()),
+                          ("tests/pam/fakedaemon.py", _limits_of_the_fake_daemon()),
+                          ("docs/protocol.md", _limits_of_the_document())]:
+        assert {name: daemon.get(name, "missing from protocol.py") for name in limits} == limits, where
+        assert framing - {"MAGIC", "VERSION", "HEADER_SIZE", "MAX_TOKEN"} <= limits.keys(), where
+    assert framing <= _limits_of_the_pam_module().keys() & _limits_of_the_fake_daemon().keys() & daemon.keys()
+
 
 # -- protocol -----------------------------------------------------------------------
 

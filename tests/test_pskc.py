@@ -415,7 +415,7 @@ def code_of(account, *, counter: int | None = None, at: float | None = None) -> 
     if account.type == "hotp":
         return otp.hotp(secret, account.counter if counter is None else counter, account.digits, account.algorithm.lower())
     params = otp.Params(account.algorithm, account.digits, account.period)
-    return otp.code_at_step(secret, params, otp.time_step(at, params))
+    return otp.hotp(secret, otp.time_step(at, params), params.digits, params.algorithm.lower())
 
 
 # -- the RFC's examples -------------------------------------------------------------

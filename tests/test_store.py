@@ -204,7 +204,7 @@ def test_a_login_costs_the_service_one_select_then_one_select_and_one_update(tmp
     store.run(lambda tx: (tx.put_pending("alice", sealer.seal(secret, secret_context("alice")), "SHA1", 6, 30, 0.0),
                           tx.activate_pending("alice", 0.0)))
     service = Service(config, store, sealer, Audit(config.audit))
-    code = otp.code_at_step(secret, otp.Params(), otp.time_step(time.time(), otp.Params()))
+    code = otp.hotp(secret, otp.time_step(time.time(), otp.Params()), 6, "sha1")
     statements = Statements(store)
 
     async def login() -> tuple[Reply, list[str], Reply]:

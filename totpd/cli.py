@@ -42,7 +42,7 @@ def _call(args: argparse.Namespace, verb: str, ok: tuple[str, ...] = ("OK",), **
     with Client(args.socket) as client:
         reply = client.call(verb, **fields)
     if reply.status not in ok:
-        raise Refused(reply, f"{verb} {fields.get('user', '')}".strip())
+        raise Refused(f"{verb} {fields.get('user', '')}".strip(), reply.status, reply.message)
     return reply
 
 
@@ -296,7 +296,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         while True:
             reply = client.call("list", offset=offset, limit=MAX_LIST_LIMIT)
             if reply.status != "OK":
-                raise Refused(reply, "list")
+                raise Refused("list", reply.status, reply.message)
             page = json.loads(reply.fields.get("accounts", "[]"))
             accounts.extend(page)
             offset += len(page)
@@ -398,14 +398,14 @@ def cmd_import(args: argparse.Namespace) -> int:
             replies = client.pipeline([("import_add", _import_fields(account)) for account in batch])
             for account, reply in zip(batch, replies):
                 if reply.status != "OK":
-                    raise Refused(reply, f"{place(account)}: {account.user}")
+                    raise Refused(f"{place(account)}: {account.user}", reply.status, reply.message)
         reply = client.call("import_commit", force=int(args.force), dry_run=int(args.dry_run))
     if reply.status == "UNKNOWN_USER":
         unknown = json.loads(reply.fields.get("unknown_users", "[]"))
         where = ", ".join(f"{line_of.get(user, args.path)}: {user}" for user in unknown[:5])
         _fail(f"{reply.message} ({where})", EXIT_REFUSED)
     if reply.status != "OK":
-        raise Refused(reply, f"import {args.path}")
+        raise Refused(f"import {args.path}", reply.status, reply.message)
     counts = {key: int(reply.fields.get(key, "0")) for key in ("created", "replaced", "skipped")}
     skipped = json.loads(reply.fields.get("skipped_users", "[]"))
     if args.json:

@@ -22,7 +22,7 @@ import sys
 from . import __version__, clock, config as config_module
 from .audit import Audit
 from .config import Config
-from .errors import BackendMissing, TotpdError
+from .errors import BackendMissing, ConfigError, HardeningError, SocketError, TotpdError
 from .files import directory_problem, parent
 from .notify import Notifier
 from .sealing import Sealer, key_check, load_credential, load_key
@@ -43,20 +43,20 @@ def bind_socket(config: Config) -> socket.socket:
         os.makedirs(directory, mode=0o755, exist_ok=True)
     except OSError as exc:
         why = "it exists and is not a directory" if isinstance(exc, FileExistsError) else exc.strerror
-        raise TotpdError(f"{path}: cannot create the socket's directory {directory}: {why}") from None
+        raise SocketError(f"{path}: cannot create the socket's directory {directory}: {why}") from None
     if problem := directory_problem(directory, "the socket"):
-        raise TotpdError(problem)
+        raise SocketError(problem)
     with contextlib.suppress(FileNotFoundError):
         info = os.lstat(path)
         if not stat.S_ISSOCK(info.st_mode):
-            raise TotpdError(f"{path}: exists and is not a socket; remove it or set 'socket' elsewhere")
+            raise SocketError(f"{path}: exists and is not a socket; remove it or set 'socket' elsewhere")
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
             probe.connect(path)
         except OSError:
             os.unlink(path)  # a stale socket from a daemon that died
         else:
-            raise TotpdError(f"{path}: another daemon is already listening there")
+            raise SocketError(f"{path}: another daemon is already listening there")
         finally:
             probe.close()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
@@ -66,7 +66,7 @@ def bind_socket(config: Config) -> socket.socket:
     except OSError as exc:
         sock.close()
         # A path too long for sockaddr_un (108 bytes) is an OSError without an errno.
-        raise TotpdError(f"{path}: cannot bind the socket: {exc.strerror or exc}") from None
+        raise SocketError(f"{path}: cannot bind the socket: {exc.strerror or exc}") from None
     finally:
         os.umask(old_umask)
     gid = -1
@@ -75,14 +75,14 @@ def bind_socket(config: Config) -> socket.socket:
             gid = grp.getgrnam(config.socket_group).gr_gid
         except KeyError:
             sock.close()
-            raise TotpdError(f"{config.path}: key 'socket_group' names no group '{config.socket_group}'") from None
+            raise ConfigError(f"{config.path}: key 'socket_group' names no group '{config.socket_group}'") from None
     try:
         _set_owner_and_mode(path, gid, config.socket_mode)
     except OSError as exc:
         sock.close()
         if gid == -1:
-            raise TotpdError(f"{path}: cannot set the socket's mode: {exc.strerror}") from None
-        raise TotpdError(
+            raise SocketError(f"{path}: cannot set the socket's mode: {exc.strerror}") from None
+        raise SocketError(
             f"{config.path}: key 'socket_group': cannot give {path} to group '{config.socket_group}': {exc.strerror}"
             " (the daemon's user must be a member of it)"
         ) from None
@@ -99,10 +99,10 @@ def _set_owner_and_mode(path: str, gid: int, mode: int) -> None:
     try:
         fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
-        raise TotpdError(f"{path}: cannot open the socket just bound: {exc.strerror}") from None
+        raise SocketError(f"{path}: cannot open the socket just bound: {exc.strerror}") from None
     try:
         if not stat.S_ISSOCK(os.fstat(fd).st_mode):
-            raise TotpdError(f"{path}: replaced by something that is not a socket while binding; check the directory")
+            raise SocketError(f"{path}: replaced by something that is not a socket while binding; check the directory")
         itself = f"/proc/self/fd/{fd}"  # the inode fd holds, whatever the path now names
         os.chown(itself, -1, gid)
         os.chmod(itself, mode)
@@ -115,7 +115,7 @@ def master_key(config: Config) -> bytes:
     if credential:
         return load_credential(credential)
     if not is_postgres(config.database) and os.path.isdir(config.database):
-        raise TotpdError(f"{config.path}: key 'database' names a directory, {config.database}; name a file in it")
+        raise ConfigError(f"{config.path}: key 'database' names a directory, {config.database}; name a file in it")
     # A new key only for a new SQLite database: one made for a database that already
     # holds sealed secrets could never open them, and would hide the real fault.
     existing = not is_postgres(config.database) and os.path.exists(config.database) and os.path.getsize(config.database) > 0
@@ -152,7 +152,7 @@ def no_core_dumps() -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
-        raise TotpdError(f"prctl(PR_SET_DUMPABLE, 0) failed: {os.strerror(ctypes.get_errno())}")
+        raise HardeningError(f"prctl(PR_SET_DUMPABLE, 0) failed: {os.strerror(ctypes.get_errno())}")
 
 
 def run(config: Config) -> None:
@@ -162,7 +162,7 @@ def run(config: Config) -> None:
     try:
         check_backend(config.database)
     except BackendMissing as exc:
-        raise TotpdError(f"{config.path}: {exc}") from None
+        raise BackendMissing(f"{config.path}: {exc}") from None
     sealer = Sealer(master_key(config))
     store = open_store(config.database, key_check(sealer), store_options(config))
     notifier = None

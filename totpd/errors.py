@@ -6,11 +6,6 @@ account, socket) and says what to do next. None ever carries a secret or a code.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .protocol import Reply
-
 
 class TotpdError(Exception):
     """Base of every error totpd raises on purpose."""
@@ -60,6 +55,15 @@ class StackError(TotpdError):
     """A PAM stack line libpam would refuse; libpam installs it as a module that always fails."""
 
 
+class SocketError(TotpdError):
+    """The daemon's listening socket cannot be made, bound, given its owner and mode,
+    or taken over from systemd."""
+
+
+class HardeningError(TotpdError):
+    """The daemon cannot shield its memory (no core dumps, no ptrace by its own uid)."""
+
+
 class BusyError(TotpdError):
     """Too much work of one kind is already waiting: the caller should try again."""
 
@@ -69,12 +73,11 @@ class ClientError(TotpdError):
 
 
 class Refused(TotpdError):
-    """The daemon answered, and the answer was no (totpctl exits 1)."""
+    """The daemon answered, and the answer was no (totpctl exits 1): what was asked,
+    the reply's status and its message (the status alone when it has none)."""
 
-    def __init__(self, reply: Reply, what: str) -> None:
-        detail = reply.message or reply.status.lower().replace("_", " ")
-        super().__init__(f"{what}: {detail}")
-        self.reply = reply
+    def __init__(self, what: str, status: str, message: str = "") -> None:
+        super().__init__(f"{what}: {message or status.lower().replace('_', ' ')}")
 
 
 class CannotRun(TotpdError):

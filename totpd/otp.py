@@ -83,18 +83,8 @@ def _totp(secret: bytes, params: Params) -> _TOTP:
     return _TOTP(secret, digits=params.digits, digest=ALGORITHMS[params.algorithm], interval=params.period)
 
 
-def code_at_step(secret: bytes, params: Params, step: int) -> str:
-    return _totp(secret, params).generate_otp(step)
-
-
 def time_step(now: float, params: Params) -> int:
     return int(now) // params.period
-
-
-def match_step(secret: bytes, params: Params, code: str, now: float, window: int) -> int | None:
-    """Return the time step within +/-window of `now` whose code equals `code`, or None
-    (match_any over a TOTP token's candidates, with no learned offset)."""
-    return match_any(secret, params, code, candidates("totp", params, -1, 0, now, window, 0))
 
 
 def candidates(kind: str, params: Params, last_step: int, skew: int, now: float, window: int, hotp_window: int) -> range:

@@ -26,16 +26,17 @@ MAX_VALUE = 1024
 MAX_MESSAGE = 512
 MAX_USER = 256
 MAX_LIST_LIMIT = 200
+MAX_TOKEN = 32  # a verb, status or key
 
-_VERB = re.compile(r"[a-z_]{1,32}")
-_STATUS = re.compile(r"[A-Z_]{1,32}")
-_KEY = re.compile(r"[a-z_]{1,32}")
+_VERB = re.compile(rf"[a-z_]{{1,{MAX_TOKEN}}}")
+_STATUS = re.compile(rf"[A-Z_]{{1,{MAX_TOKEN}}}")
+_KEY = re.compile(rf"[a-z_]{{1,{MAX_TOKEN}}}")
 # C0 controls, DEL and C1 controls: forbidden in every value and every account name.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 _COMMON = {"user", "service", "rhost", "tty"}
 # Reply keys that may repeat: each is one line shown to the person, in order
-# (`qr`: a line of a QR code drawn in text, which the PAM module colours).
+# (`qr`: a row of a QR code drawn in text).
 LINE_KEYS = ("info", "qr")
 TOKEN_NAME = re.compile(r"[a-z0-9_.-]{1,32}")
 TOKEN_TYPES = ("totp", "hotp")

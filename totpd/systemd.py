@@ -9,7 +9,7 @@ import contextlib
 import os
 import socket
 
-from .errors import TotpdError
+from .errors import SocketError
 
 SD_LISTEN_FDS_START = 3
 
@@ -35,9 +35,9 @@ def systemd_socket() -> socket.socket | None:
     if count < 1:
         return None
     if count > 1:
-        raise TotpdError(f"systemd passed {count} sockets; totpd listens on exactly one")
+        raise SocketError(f"systemd passed {count} sockets; totpd listens on exactly one")
     sock = socket.socket(fileno=SD_LISTEN_FDS_START)
     if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
-        raise TotpdError("the socket systemd passed is not a Unix stream socket")
+        raise SocketError("the socket systemd passed is not a Unix stream socket")
     os.set_inheritable(sock.fileno(), False)
     return sock

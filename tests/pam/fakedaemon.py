@@ -22,6 +22,7 @@ MAX_AUTH_REPLY_PAYLOAD = 4096
 MAX_MESSAGE = 512
 MAX_ENROLL_REPLY_PAYLOAD = 16384
 MAX_LINES = 64
+MAX_TOKEN = 32  # a status or key
 
 STATUS_TO_PAM = {  # docs/protocol.md "Statuses and what the PAM module does with them"
     "ACCEPTED": 0,       # PAM_SUCCESS
@@ -68,12 +69,12 @@ def reference_status(data: bytes, enrolling: bool = False) -> str | None:
     if not text.endswith("\n"):
         return None
     lines = text[:-1].split("\n")
-    if not re.fullmatch(r"[A-Z_]{1,32}", lines[0]):
+    if not re.fullmatch(rf"[A-Z_]{{1,{MAX_TOKEN}}}", lines[0]):
         return None
     messages = shown = 0
     for line in lines[1:]:
         key, sep, value = line.partition("=")
-        if not sep or not re.fullmatch(r"[a-z_]{1,32}", key):
+        if not sep or not re.fullmatch(rf"[a-z_]{{1,{MAX_TOKEN}}}", key):
             return None
         if re.search(r"[\x00-\x1f\x7f-\x9f]", value):
             return None

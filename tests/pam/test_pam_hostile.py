@@ -541,6 +541,22 @@ def test_a_bad_login_enroll_reply_fails_closed_without_a_prompt(stack, fake_daem
     assert result.prompts == []
 
 
+@pytest.mark.parametrize("confirm, retcode, shown", [
+    (reply("REJECTED", message="Wrong code."), PAM_AUTH_ERR, "Wrong code."),
+    (reply("LOCKED", message="Locked."), pamdriver.PAM_MAXTRIES, "Locked."),
+    (reply("NEED_CODE", message="Again?"), PAM_AUTHINFO_UNAVAIL, "Again?"),
+    (reply("IGNORE", message="Carry on."), PAM_AUTHINFO_UNAVAIL, "administrator"),
+])
+def test_a_login_confirm_reply_other_than_accepted_ends_the_login_showing_a_refusal_or_the_unavailable_text(
+        stack, fake_daemon, confirm, retcode, shown):
+    """A refusal keeps its code and message; a status that leads nowhere is unavailable with its
+    message; a yes out of turn is unavailable with the module's own text, never the daemon's."""
+    fake_daemon(_enroll_handler(_lines_reply("NEED_CODE", QR_ROWS), confirm))
+    result = stack.auth(["123456", ""])
+    assert result.retcode == retcode
+    assert len(result.prompts) == 1 and len(result.errors) == 1 and shown in result.errors[0]
+
+
 def test_the_largest_enrollment_reply_is_shown(stack, fake_daemon):
     lines = [("info", "x" * 500)] * 32
     payload_len = len(_lines_reply("NEED_CODE", lines)) - 8
