@@ -386,7 +386,8 @@ def _foreign(path: Path) -> None:
 
 def _newer_schema(path: Path) -> None:
     db = sqlite3.connect(path)
-    db.execute("PRAGMA user_version = 99")
+    db.execute("INSERT INTO totpd_schema (version, applied) VALUES (99, 0)")
+    db.commit()
     db.close()
 
 
