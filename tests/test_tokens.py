@@ -1,5 +1,6 @@
 """Several tokens per account, TOTP and HOTP (issue 20), against a real daemon, with codes
-from oathtool (a client no one here wrote), and the upgrade from the previous schema."""
+from oathtool (a client no one here wrote), and a daemon upgrading the previous schema
+(the store's own upgrade tests, on both backends: tests/test_schema.py)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,7 @@ import pyotp
 import pytest
 
 from totpd import recovery
-from totpd.sealing import KEY_CHECK, Sealer, key_check, load_key, secret_context
-from totpd.store import StoreOptions, open_store
+from totpd.sealing import KEY_CHECK, Sealer, load_key, secret_context
 
 import wire
 
@@ -217,39 +217,6 @@ def test_the_new_daemon_upgrades_a_previous_sqlite_database_and_a_used_code_stay
     assert db.execute("SELECT version FROM totpd_schema").fetchall() == [(1,), (2,)]
     assert "secret" not in {row[1] for row in db.execute("PRAGMA table_info(accounts)")}
     db.close()
-
-
-def test_a_previous_postgresql_database_is_upgraded_in_one_transaction_and_keeps_its_replay_state(postgres, pg_database):
-    import psycopg
-
-    from totpd.store import schema
-    from totpd.store.sql import POSTGRES
-
-    dsn = postgres.dsn(pg_database)
-    sealer = Sealer(bytes(range(32)))
-    secret = b"12345678901234567890"
-    with psycopg.connect(dsn) as conn:
-        conn.execute("CREATE TABLE totpd_schema (version INTEGER PRIMARY KEY, applied DOUBLE PRECISION NOT NULL)")
-        for statement in schema.migration(1, POSTGRES):
-            conn.execute(statement)
-        conn.execute("INSERT INTO totpd_schema (version, applied) VALUES (1, 0)")
-        conn.execute("INSERT INTO meta (key, value) VALUES ('key_check', %s)", (sealer.seal(KEY_CHECK, "key-check"),))
-        conn.execute(
-            'INSERT INTO accounts ("user", secret, last_step, failures, locked, created, confirmed)'
-            " VALUES ('alice', %s, 123456, 4, TRUE, 1.0, 2.0)",
-            (sealer.seal(secret, secret_context("alice")),),
-        )
-    store = open_store(dsn, key_check(sealer), StoreOptions())
-    try:
-        alice = store.run(lambda tx: tx.get("alice"))
-    finally:
-        store.close()
-    assert (alice.failures, alice.locked, alice.confirmed) == (4, True, 2.0)
-    (token,) = alice.tokens
-    assert (token.name, token.type, token.last_step, token.added) == ("default", "totp", 123456, 2.0)
-    assert sealer.open(token.secret, secret_context("alice")) == secret
-    with psycopg.connect(dsn) as conn:
-        assert conn.execute("SELECT max(version) FROM totpd_schema").fetchone()[0] == 2
 
 
 @pytest.mark.parametrize("counter, expected", list(enumerate(

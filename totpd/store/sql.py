@@ -54,7 +54,7 @@ class Dialect:
     bigint: str
     double: str
     boolean: str
-    tables: str  # a query: the names of the tables that an unqualified name would find
+    tables: str  # a query: the names of the tables that an unqualified name finds (PostgreSQL: its search_path)
     shared: bool  # others' tables may live beside totpd's (a PostgreSQL database may be shared)
 
     def sql(self, text: str) -> str:
@@ -75,7 +75,9 @@ SQLITE = Dialect(
 POSTGRES = Dialect(
     kind="database", placeholder="%s", lock_row=" FOR UPDATE OF a", byte_order=' COLLATE "C"',
     blob="BYTEA", bigint="BIGINT", double="DOUBLE PRECISION", boolean="BOOLEAN",
-    tables="SELECT tablename FROM pg_tables WHERE schemaname = current_schema()", shared=True,
+    tables="SELECT relname FROM pg_class WHERE relkind IN ('r', 'p') AND pg_table_is_visible(oid)"
+    " AND relnamespace <> 'pg_catalog'::regnamespace",
+    shared=True,
 )
 
 
