@@ -84,9 +84,11 @@ def opened(database: str, create: bool = True):
 # -- a new database ------------------------------------------------------------------------
 
 
-def test_a_new_database_records_each_migration_once_in_one_table_on_both_backends(database, raw):
+def test_a_new_database_records_each_migration_once_in_one_table_on_both_backends(database, raw, caplog):
+    caplog.set_level("INFO", logger="totpd")
     opened(database)
     opened(database)
+    assert "schema" not in caplog.text  # made, not upgraded: nothing to tell
     assert raw.record() == [1, 2] == list(range(1, schema.VERSION + 1))
     assert raw("SELECT count(*) FROM totpd_schema WHERE applied > 0") == [(2,)]
     if not raw.postgres:
@@ -108,7 +110,8 @@ def test_a_database_without_totpd_tables_is_absent_when_it_is_not_to_be_created(
 # -- databases of earlier releases -------------------------------------------------------------
 
 
-def test_a_schema_1_database_with_its_own_version_record_is_upgraded_keeping_its_replay_state(database, raw):
+def test_a_schema_1_database_with_its_own_version_record_is_upgraded_keeping_its_replay_state(database, raw, caplog):
+    caplog.set_level("INFO", logger="totpd")
     raw.earlier_release(1)
     secret = b"12345678901234567890"
     raw(
@@ -135,6 +138,7 @@ def test_a_schema_1_database_with_its_own_version_record_is_upgraded_keeping_its
     assert not carol.active and carol.pending_secret == b"sealed-pending"
     assert (carol.pending_token, carol.pending_type, carol.pending_last_step, carol.pending_replaces) == ("default", "totp", -1, True)
     assert raw.record() == [1, 2]
+    assert "upgrading the schema from version 1 to 2" in caplog.text
 
 
 def test_a_schema_2_database_with_its_own_version_record_opens_as_it_is(database, raw):

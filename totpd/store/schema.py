@@ -129,7 +129,8 @@ def upgrade(db: Connection, dialect: Dialect, where: str, create: bool = True, e
         for statement in migration(target, dialect):
             db.execute(statement)
         _record(db, dialect, target, time.time())
-        log.info("%s: applied schema migration %d", where, target)
+    if version and applied:  # an upgrade is news; a new database's making is not
+        log.info("%s: upgrading the schema from version %d to %d", where, version, VERSION)
     return applied
 
 

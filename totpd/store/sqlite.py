@@ -185,6 +185,8 @@ class SQLiteStore(Store):
         """Before anything is read from the tables: the schema's record above all."""
         try:
             integrity = conn.execute("PRAGMA quick_check").fetchone()[0]
+        except sqlite3.OperationalError:
+            raise  # cannot read it at all (a full disk, an I/O error): _open says which
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path}: the database is corrupt: {exc}") from None
         if integrity != "ok":
