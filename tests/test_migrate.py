@@ -12,7 +12,13 @@ import os
 import pytest
 
 import wire
+from totpd.errors import MigrationRefused
+from totpd.migrate import migrate
+from totpd.sealing import Sealer, key_check, secret_context
+from totpd.store import StoreOptions, Token, Transaction, open_store
+
 from test_fleet import code, verify
+from test_store import KEY, enroll
 
 
 @pytest.fixture
@@ -84,3 +90,42 @@ def test_migrate_refuses_a_store_sealed_with_another_key(make_daemon, postgres, 
     refused = single.ctl("migrate", "--to", postgres.dsn(pg_database), "--config", single.config_path)
     assert refused.returncode == 1 and "master key does not open this database" in refused.stderr
     assert postgres.sql("SELECT count(*) FROM accounts", dbname=pg_database) == [(0,)]
+
+
+def test_a_forced_copy_keeps_each_tokens_later_used_step_and_every_recovery_code_used_on_either_side(
+    postgres, pg_database, tmp_path
+):
+    sealer = Sealer(KEY)
+    single, fleet = str(tmp_path / "state" / "totpd.db"), postgres.dsn(pg_database)
+
+    def alice(steps: dict[str, int], failures: int, used: tuple[int, ...] = ()):
+        def write(tx: Transaction) -> None:
+            enroll(tx, "alice")
+            key = Token("key", "hotp", sealer.seal(b"k" * 20, secret_context("alice")), "SHA1", 6, 30, -1, 0, 2000.0, None)
+            tx.add_token("alice", key)
+            for name, step in steps.items():
+                tx.advance_step("alice", name, step)
+            tx.set_failures("alice", failures, 0.0, False)
+            tx.replace_recovery_codes("alice", ["h0", "h1", "h2"])
+            for code_id in used:
+                tx.use_recovery_code("alice", code_id)
+
+        return write
+
+    for database, write in (
+        (single, alice({"default": 10, "key": 3}, 1)),
+        (fleet, alice({"default": 5, "key": 8}, 2, used=(1,))),  # the fleet's use since an earlier copy
+    ):
+        store = open_store(database, key_check(sealer), StoreOptions())
+        store.run(write)
+        store.close()
+    with pytest.raises(MigrationRefused, match="already exist there"):
+        migrate(single, fleet, sealer, StoreOptions())
+    assert migrate(single, fleet, sealer, StoreOptions(), force=True).written == 1
+    store = open_store(fleet, key_check(sealer), StoreOptions())
+    try:
+        copied, codes = store.run(lambda tx: (tx.get("alice"), tx.recovery_hashes("alice")))
+    finally:
+        store.close()
+    assert {token.name: token.last_step for token in copied.tokens} == {"default": 10, "key": 8}
+    assert copied.failures == 2 and codes == [(0, "h0"), (2, "h2")]

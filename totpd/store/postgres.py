@@ -36,8 +36,7 @@ import psycopg_pool
 
 from ..errors import StoreError, StoreUnavailable
 from ..files import private_file_problem
-from . import Reader, Store, StoreOptions, Transaction, resolve
-from . import schema
+from . import Reader, Store, StoreOptions, Transaction, resolve, schema
 from .sql import POSTGRES, SQLReader, SQLTransaction, Statements
 
 T = TypeVar("T")

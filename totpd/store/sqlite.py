@@ -24,8 +24,7 @@ from typing import Callable, NamedTuple, TypeVar
 
 from ..errors import StoreAbsent, StoreError, StoreUnavailable
 from ..files import directory_problem, parent, private_file_problem
-from . import Outcome, Reader, Settle, Store, Transaction, resolve
-from . import schema
+from . import Outcome, Reader, Settle, Store, Transaction, resolve, schema
 from .sql import SQLITE, SQLReader, SQLTransaction, Statements
 
 T = TypeVar("T")
