@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import sqlite3
 import time
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +21,7 @@ from totpd.protocol import Reply, Request
 from totpd.sealing import Sealer, key_check, load_key, secret_context
 from totpd.service import Caller, Service
 from totpd.store import StoreOptions, Token, Transaction, open_store
+from totpd.store.sqlite import _prefill_wal
 
 from test_store import KEY, batch, enroll, last, read
 
@@ -168,3 +172,28 @@ def test_units_submitted_from_another_thread_run_on_the_store_thread_in_one_tran
     assert sqlite_store.read(lambda tx: tx.get("bob")).result().token("default").last_step == 1  # queued behind the batch
     assert results == [(0, True, None), (1, True, None)]
     assert statements.verbs() == ["BEGIN", "UPDATE", "UPDATE", "COMMIT", "SELECT"], statements.all
+
+
+# -- the write-ahead log ----------------------------------------------------------------
+
+
+def test_a_write_ahead_log_left_by_a_crash_is_never_overwritten(tmp_path):
+    live = tmp_path / "live.db"
+    db = sqlite3.connect(live, isolation_level=None)
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA wal_autocheckpoint = 0")
+    db.execute("CREATE TABLE t (n INTEGER)")
+    db.execute("INSERT INTO t VALUES (42)")
+    crashed = tmp_path / "crashed.db"  # the files as a SIGKILL leaves them: frames in the WAL
+    shutil.copy(live, crashed)
+    shutil.copy(str(live) + "-wal", str(crashed) + "-wal")
+    db.close()
+    before = Path(str(crashed) + "-wal").read_bytes()
+    assert len(before) > 0
+    _prefill_wal(str(crashed))
+    assert Path(str(crashed) + "-wal").read_bytes() == before
+    db = sqlite3.connect(crashed)
+    try:
+        assert db.execute("SELECT n FROM t").fetchall() == [(42,)]
+    finally:
+        db.close()
