@@ -99,8 +99,8 @@ def migration(target: int, dialect: Dialect) -> list[str]:
     return [dialect.sql(statement) for statement in MIGRATIONS[target]]
 
 
-def upgrade(db: Connection, dialect: Dialect, where: str, create: bool = True, earlier: int = 0) -> list[int]:
-    """Bring the database to VERSION within the caller's transaction: the migrations applied.
+def upgrade(db: Connection, dialect: Dialect, where: str, create: bool = True, earlier: int = 0) -> None:
+    """Bring the database to VERSION within the caller's transaction.
 
     `earlier`: the version an earlier release recorded its own way, read when there is
     no record (0: none). With create=False a database with no totpd tables raises
@@ -124,14 +124,12 @@ def upgrade(db: Connection, dialect: Dialect, where: str, create: bool = True, e
         db.execute(dialect.sql(f"CREATE TABLE {RECORD} (version INTEGER PRIMARY KEY, applied {{double}} NOT NULL)"))
         for target in range(1, version + 1):
             _record(db, dialect, target, 0.0)  # applied by an earlier release, when unknown
-    applied = list(range(version + 1, VERSION + 1))
-    for target in applied:
+    if version and version < VERSION:  # an upgrade is news; a new database's making is not
+        log.info("%s: upgrading the schema from version %d to %d", where, version, VERSION)
+    for target in range(version + 1, VERSION + 1):
         for statement in migration(target, dialect):
             db.execute(statement)
         _record(db, dialect, target, time.time())
-    if version and applied:  # an upgrade is news; a new database's making is not
-        log.info("%s: upgrading the schema from version %d to %d", where, version, VERSION)
-    return applied
 
 
 def _record(db: Connection, dialect: Dialect, version: int, applied: float) -> None:
