@@ -11,7 +11,8 @@ import pytest
 from totpd.sealing import Sealer, key_check
 from totpd.store import Batcher, StoreOptions, Transaction, open_store
 
-from test_store import KEY, Statements, enroll, last
+from test_sqlite import Statements
+from test_store import KEY, enroll, last
 
 
 @pytest.fixture

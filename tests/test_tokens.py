@@ -1,5 +1,6 @@
 """Several tokens per account, TOTP and HOTP (issue 20), against a real daemon, with codes
-from oathtool (a client no one here wrote), and the upgrade from the previous schema."""
+from oathtool (a client no one here wrote), and a daemon upgrading the previous schema
+(the store's own upgrade tests, on both backends: tests/test_schema.py)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,7 @@ import pyotp
 import pytest
 
 from totpd import recovery
-from totpd.sealing import KEY_CHECK, Sealer, key_check, load_key, secret_context
-from totpd.store import StoreOptions, open_store
+from totpd.sealing import KEY_CHECK, Sealer, load_key, secret_context
 
 import wire
 
@@ -163,16 +163,17 @@ def test_a_user_adding_a_token_to_their_own_account_must_prove_an_existing_one(m
 def _previous_sqlite_database(daemon, secret: bytes, used_step: int, now: float) -> str:
     """The database as the previous release (schema 1, main at 06c5ea3) wrote it: its DDL,
     kept verbatim as migration 1, and its rows."""
-    from totpd.store.sqlite import _MIGRATIONS
+    from totpd.store import schema
+    from totpd.store.sql import SQLITE
 
     state = daemon.workdir / "state"
     state.mkdir(mode=0o700, exist_ok=True)
     sealer = Sealer(load_key(str(state / "master.key"), create=True))
     path = state / "totpd.db"
     db = sqlite3.connect(path)
-    for statement in _MIGRATIONS[1]:
+    for statement in schema.migration(1, SQLITE):
         db.execute(statement)
-    db.execute("PRAGMA user_version = 1")
+    db.execute("PRAGMA user_version = 1")  # that release's record of the version
     db.execute("INSERT INTO meta (key, value) VALUES ('key_check', ?)", (sealer.seal(KEY_CHECK, "key-check"),))
     db.execute(
         "INSERT INTO accounts (user, secret, algorithm, digits, period, last_step, failures, created, confirmed)"
@@ -213,41 +214,9 @@ def test_the_new_daemon_upgrades_a_previous_sqlite_database_and_a_used_code_stay
     assert confirm.returncode == 0, confirm.stderr  # a pending enrollment survives as the token "default"
     daemon.stop()
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert db.execute("SELECT version FROM totpd_schema").fetchall() == [(1,), (2,)]
     assert "secret" not in {row[1] for row in db.execute("PRAGMA table_info(accounts)")}
     db.close()
-
-
-def test_a_previous_postgresql_database_is_upgraded_in_one_transaction_and_keeps_its_replay_state(postgres, pg_database):
-    import psycopg
-
-    from totpd.store.postgres import _MIGRATIONS
-
-    dsn = postgres.dsn(pg_database)
-    sealer = Sealer(bytes(range(32)))
-    secret = b"12345678901234567890"
-    with psycopg.connect(dsn) as conn:
-        conn.execute("CREATE TABLE totpd_schema (version INTEGER PRIMARY KEY, applied DOUBLE PRECISION NOT NULL)")
-        for statement in _MIGRATIONS[1]:
-            conn.execute(statement)
-        conn.execute("INSERT INTO totpd_schema (version, applied) VALUES (1, 0)")
-        conn.execute("INSERT INTO meta (key, value) VALUES ('key_check', %s)", (sealer.seal(KEY_CHECK, "key-check"),))
-        conn.execute(
-            'INSERT INTO accounts ("user", secret, last_step, failures, locked, created, confirmed)'
-            " VALUES ('alice', %s, 123456, 4, TRUE, 1.0, 2.0)",
-            (sealer.seal(secret, secret_context("alice")),),
-        )
-    store = open_store(dsn, key_check(sealer), StoreOptions())
-    try:
-        alice = store.run(lambda tx: tx.get("alice"))
-    finally:
-        store.close()
-    assert (alice.failures, alice.locked, alice.confirmed) == (4, True, 2.0)
-    (token,) = alice.tokens
-    assert (token.name, token.type, token.last_step, token.added) == ("default", "totp", 123456, 2.0)
-    assert sealer.open(token.secret, secret_context("alice")) == secret
-    with psycopg.connect(dsn) as conn:
-        assert conn.execute("SELECT max(version) FROM totpd_schema").fetchone()[0] == 2
 
 
 @pytest.mark.parametrize("counter, expected", list(enumerate(

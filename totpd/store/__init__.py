@@ -5,8 +5,9 @@ function of a `Transaction`; the backend runs it atomically and resolves the
 returned future only once the transaction is durably committed (so a reply that
 depends on it, an OK above all, can never go out before its state is safe), or a
 function of a `Reader`, run with no transaction at all. Both backends (SQLite, the
-embedded default; PostgreSQL, fleet mode) run the same SQL (`sql.py`) behind the
-same `Store` interface, and the same tests run against both.
+embedded default; PostgreSQL, fleet mode) run the same SQL (`sql.py`) on the same
+tables (`schema.py`) behind the same `Store` interface, and the same tests run
+against both.
 """
 
 from __future__ import annotations
@@ -23,8 +24,6 @@ if TYPE_CHECKING:
     import asyncio
 
 T = TypeVar("T")
-
-SCHEMA_VERSION = 2
 
 
 class Token(NamedTuple):

@@ -34,10 +34,10 @@ import psycopg
 import psycopg.conninfo
 import psycopg_pool
 
-from ..errors import StoreAbsent, StoreError, StoreUnavailable
+from ..errors import StoreError, StoreUnavailable
 from ..files import private_file_problem
-from . import SCHEMA_VERSION, Reader, Store, StoreOptions, Transaction, resolve
-from .sql import Dialect, SQLReader, SQLTransaction, Statements
+from . import Reader, Store, StoreOptions, Transaction, resolve, schema
+from .sql import POSTGRES, SQLReader, SQLTransaction, Statements
 
 T = TypeVar("T")
 
@@ -49,74 +49,7 @@ MIGRATION_LOCK = int.from_bytes(b"totpd", "big")
 STARTUP_TIMEOUT_MS = 60_000  # a migration on a big table may take a while
 RECONNECT_GIVE_UP = 10.0  # pool reconnect attempts back off up to this, then start afresh on demand
 
-# FOR UPDATE: whatever a unit decides from an account's row, no other host decides
-# from the same version of it before the unit's transaction ends. COLLATE "C": the
-# same byte order as SQLite, whatever the database's locale.
-SQL = Statements(Dialect(placeholder="%s", lock_row=" FOR UPDATE OF a", byte_order=' COLLATE "C"'))
-
-_MIGRATIONS: dict[int, list[str]] = {
-    1: [
-        """CREATE TABLE meta (
-            key TEXT PRIMARY KEY,
-            value BYTEA NOT NULL
-        )""",
-        """CREATE TABLE accounts (
-            "user" TEXT PRIMARY KEY,
-            secret BYTEA,
-            algorithm TEXT NOT NULL DEFAULT 'SHA1',
-            digits INTEGER NOT NULL DEFAULT 6,
-            period INTEGER NOT NULL DEFAULT 30,
-            last_step BIGINT NOT NULL DEFAULT -1,
-            failures INTEGER NOT NULL DEFAULT 0,
-            locked_until DOUBLE PRECISION NOT NULL DEFAULT 0,
-            locked BOOLEAN NOT NULL DEFAULT FALSE,
-            created DOUBLE PRECISION NOT NULL,
-            confirmed DOUBLE PRECISION,
-            pending_secret BYTEA,
-            pending_algorithm TEXT,
-            pending_digits INTEGER,
-            pending_period INTEGER
-        )""",
-        """CREATE TABLE recovery_codes (
-            "user" TEXT NOT NULL REFERENCES accounts("user") ON DELETE CASCADE,
-            id INTEGER NOT NULL,
-            hash TEXT NOT NULL,
-            PRIMARY KEY ("user", id)
-        )""",
-    ],
-    2: [
-        # Issue 20: an account holds tokens. Each account's one secret becomes its token
-        # "default" with its replay state (last_step) unchanged: no used code works again.
-        """CREATE TABLE tokens (
-            "user" TEXT NOT NULL REFERENCES accounts("user") ON DELETE CASCADE,
-            name TEXT NOT NULL,
-            type TEXT NOT NULL DEFAULT 'totp',
-            secret BYTEA NOT NULL,
-            algorithm TEXT NOT NULL DEFAULT 'SHA1',
-            digits INTEGER NOT NULL DEFAULT 6,
-            period INTEGER NOT NULL DEFAULT 30,
-            last_step BIGINT NOT NULL DEFAULT -1,
-            skew INTEGER NOT NULL DEFAULT 0,
-            added DOUBLE PRECISION NOT NULL,
-            last_used DOUBLE PRECISION,
-            PRIMARY KEY ("user", name)
-        )""",
-        """INSERT INTO tokens ("user", name, type, secret, algorithm, digits, period, last_step, skew, added)
-            SELECT "user", 'default', 'totp', secret, algorithm, digits, period, last_step, 0, coalesce(confirmed, created)
-            FROM accounts WHERE secret IS NOT NULL""",
-        "ALTER TABLE accounts ADD COLUMN pending_token TEXT",
-        "ALTER TABLE accounts ADD COLUMN pending_type TEXT",
-        "ALTER TABLE accounts ADD COLUMN pending_last_step BIGINT",
-        "ALTER TABLE accounts ADD COLUMN pending_replaces BOOLEAN NOT NULL DEFAULT FALSE",
-        "UPDATE accounts SET pending_token = 'default', pending_type = 'totp', pending_last_step = -1,"
-        " pending_replaces = TRUE WHERE pending_secret IS NOT NULL",
-        "ALTER TABLE accounts DROP COLUMN secret",
-        "ALTER TABLE accounts DROP COLUMN algorithm",
-        "ALTER TABLE accounts DROP COLUMN digits",
-        "ALTER TABLE accounts DROP COLUMN period",
-        "ALTER TABLE accounts DROP COLUMN last_step",
-    ],
-}
+SQL = Statements(POSTGRES)
 
 
 class _Unit:
@@ -355,42 +288,13 @@ class PostgresStore(Store):
         try:
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-                version = self._schema_version(conn)
-                if version == 0 and not create:
-                    raise StoreAbsent(f"{self.name}: no totpd tables in this database")
-                for target in range(version + 1, SCHEMA_VERSION + 1):
-                    for statement in _MIGRATIONS[target]:
-                        conn.execute(statement)
-                    conn.execute(
-                        "INSERT INTO totpd_schema (version, applied) VALUES (%s, %s)", (target, time.time())
-                    )
-                    log.info("%s: applied schema migration %d", self.name, target)
+                schema.upgrade(_Tracked(conn, None), POSTGRES, self.name, create)
                 key_check(SQLTransaction(_Tracked(conn, None), SQL))
             self._warn_about_durability(conn)
         except psycopg.Error as exc:
             raise StoreError(f"{self.name}: cannot prepare the database: {_one_line(exc)}") from None
         finally:
             conn.close()
-
-    def _schema_version(self, conn: psycopg.Connection) -> int:
-        row = conn.execute(
-            "SELECT to_regclass('totpd_schema') IS NOT NULL, to_regclass('accounts') IS NOT NULL"
-        ).fetchone()
-        assert row is not None
-        has_schema, has_accounts = row
-        if not has_schema:
-            if has_accounts:
-                raise StoreError(f"{self.name}: this database has an 'accounts' table but is not a totpd database")
-            conn.execute("CREATE TABLE totpd_schema (version INTEGER PRIMARY KEY, applied DOUBLE PRECISION NOT NULL)")
-            return 0
-        found = conn.execute("SELECT coalesce(max(version), 0) FROM totpd_schema").fetchone()
-        version = int(found[0]) if found else 0
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"{self.name}: the database has schema version {version}, newer than this totpd ({SCHEMA_VERSION});"
-                " upgrade totpd on this host"
-            )
-        return version
 
     def _warn_about_durability(self, conn: psycopg.Connection) -> None:
         """An acknowledged code use must survive a crash: say so when the server won't."""

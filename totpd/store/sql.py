@@ -2,9 +2,11 @@
 that run them over a backend's connection.
 
 The backends differ only in their connection (anything with DB-API `execute` and
-`executemany`), their placeholder, their row lock and their byte-order collation:
-a `Dialect` names those, and `Statements` builds each backend's SQL from it once, at
-import. Booleans go in as Python bools (SQLite stores 0 and 1, as it always has).
+`executemany`), their placeholder, their row lock, their byte-order collation, the
+names of a few column types and how to list tables: a `Dialect` names those (the
+two are side by side below), and `Statements` builds each backend's SQL from it
+once, at import; the schema (`schema.py`) is built from it the same way. Booleans go
+in as Python bools (SQLite stores 0 and 1, as it always has).
 """
 
 from __future__ import annotations
@@ -43,17 +45,47 @@ class Connection(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class Dialect:
+    kind: str  # what one database is called in an error: "SQLite file", "database"
     placeholder: str  # "?" (sqlite3) or "%s" (psycopg)
-    lock_row: str = ""  # appended to a transaction's read of an account (table alias a)
-    byte_order: str = ""  # appended to ORDER BY "user" so that names sort by their bytes
+    lock_row: str  # appended to a transaction's read of an account (table alias a)
+    byte_order: str  # appended to ORDER BY "user" so that names sort by their bytes
+    # Column types, each named in the schema's text by its PostgreSQL name.
+    blob: str
+    bigint: str
+    double: str
+    boolean: str
+    tables: str  # a query: the names of the tables that an unqualified name finds (PostgreSQL: its search_path)
+    shared: bool  # others' tables may live beside totpd's (a PostgreSQL database may be shared)
+
+    def sql(self, text: str) -> str:
+        """`text` with its {fields} filled in from this dialect and its `?` placeholders made this backend's."""
+        return text.format(**dataclasses.asdict(self)).replace("?", self.placeholder)
+
+
+# A SQLite file is totpd's alone. BINARY, SQLite's default collation, is byte order;
+# one writer at a time (BEGIN IMMEDIATE) makes a row lock needless.
+SQLITE = Dialect(
+    kind="SQLite file", placeholder="?", lock_row="", byte_order="",
+    blob="BLOB", bigint="INTEGER", double="REAL", boolean="INTEGER",
+    tables="SELECT name FROM sqlite_master WHERE type = 'table'", shared=False,
+)
+# FOR UPDATE: whatever a unit decides from an account's row, no other host decides
+# from the same version of it before the unit's transaction ends. COLLATE "C": the
+# same byte order as SQLite, whatever the database's locale.
+POSTGRES = Dialect(
+    kind="database", placeholder="%s", lock_row=" FOR UPDATE OF a", byte_order=' COLLATE "C"',
+    blob="BYTEA", bigint="BIGINT", double="DOUBLE PRECISION", boolean="BOOLEAN",
+    tables="SELECT relname FROM pg_class WHERE relkind IN ('r', 'p') AND pg_table_is_visible(oid)"
+    " AND relnamespace <> 'pg_catalog'::regnamespace",
+    shared=True,
+)
 
 
 class Statements:
     """One backend's SQL, from the text below with `?` placeholders."""
 
     def __init__(self, dialect: Dialect) -> None:
-        def sql(text: str) -> str:
-            return text.format(lock_row=dialect.lock_row, byte_order=dialect.byte_order).replace("?", dialect.placeholder)
+        sql = dialect.sql
 
         self.get = sql(
             f'SELECT {JOINED} FROM accounts a LEFT JOIN tokens t ON t."user" = a."user"'

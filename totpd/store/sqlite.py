@@ -24,8 +24,8 @@ from typing import Callable, NamedTuple, TypeVar
 
 from ..errors import StoreAbsent, StoreError, StoreUnavailable
 from ..files import directory_problem, parent, private_file_problem
-from . import SCHEMA_VERSION, Outcome, Reader, Settle, Store, Transaction, resolve
-from .sql import Dialect, SQLReader, SQLTransaction, Statements
+from . import Outcome, Reader, Settle, Store, Transaction, resolve, schema
+from .sql import SQLITE, SQLReader, SQLTransaction, Statements
 
 T = TypeVar("T")
 
@@ -36,71 +36,11 @@ MAX_BATCH = 512
 # pages, and room for the transaction that crosses it) of a 4 KiB page: _prefill_wal.
 WAL_PREFILL_BYTES = 32 + 1100 * (4096 + 24)
 
-SQL = Statements(Dialect(placeholder="?"))  # BINARY, SQLite's default collation, is byte order
-
-_MIGRATIONS: dict[int, list[str]] = {
-    1: [
-        """CREATE TABLE meta (
-            key TEXT PRIMARY KEY,
-            value BLOB NOT NULL
-        )""",
-        """CREATE TABLE accounts (
-            user TEXT PRIMARY KEY,
-            secret BLOB,
-            algorithm TEXT NOT NULL DEFAULT 'SHA1',
-            digits INTEGER NOT NULL DEFAULT 6,
-            period INTEGER NOT NULL DEFAULT 30,
-            last_step INTEGER NOT NULL DEFAULT -1,
-            failures INTEGER NOT NULL DEFAULT 0,
-            locked_until REAL NOT NULL DEFAULT 0,
-            locked INTEGER NOT NULL DEFAULT 0,
-            created REAL NOT NULL,
-            confirmed REAL,
-            pending_secret BLOB,
-            pending_algorithm TEXT,
-            pending_digits INTEGER,
-            pending_period INTEGER
-        )""",
-        """CREATE TABLE recovery_codes (
-            user TEXT NOT NULL REFERENCES accounts(user) ON DELETE CASCADE,
-            id INTEGER NOT NULL,
-            hash TEXT NOT NULL,
-            PRIMARY KEY (user, id)
-        )""",
-    ],
-    2: [
-        # Issue 20: an account holds tokens. Each account's one secret becomes its token
-        # "default" with its replay state (last_step) unchanged: no used code works again.
-        """CREATE TABLE tokens (
-            user TEXT NOT NULL REFERENCES accounts(user) ON DELETE CASCADE,
-            name TEXT NOT NULL,
-            type TEXT NOT NULL DEFAULT 'totp',
-            secret BLOB NOT NULL,
-            algorithm TEXT NOT NULL DEFAULT 'SHA1',
-            digits INTEGER NOT NULL DEFAULT 6,
-            period INTEGER NOT NULL DEFAULT 30,
-            last_step INTEGER NOT NULL DEFAULT -1,
-            skew INTEGER NOT NULL DEFAULT 0,
-            added REAL NOT NULL,
-            last_used REAL,
-            PRIMARY KEY (user, name)
-        )""",
-        """INSERT INTO tokens (user, name, type, secret, algorithm, digits, period, last_step, skew, added)
-            SELECT user, 'default', 'totp', secret, algorithm, digits, period, last_step, 0, coalesce(confirmed, created)
-            FROM accounts WHERE secret IS NOT NULL""",
-        "ALTER TABLE accounts ADD COLUMN pending_token TEXT",
-        "ALTER TABLE accounts ADD COLUMN pending_type TEXT",
-        "ALTER TABLE accounts ADD COLUMN pending_last_step INTEGER",
-        "ALTER TABLE accounts ADD COLUMN pending_replaces INTEGER NOT NULL DEFAULT 0",
-        "UPDATE accounts SET pending_token = 'default', pending_type = 'totp', pending_last_step = -1,"
-        " pending_replaces = TRUE WHERE pending_secret IS NOT NULL",
-        "ALTER TABLE accounts DROP COLUMN secret",
-        "ALTER TABLE accounts DROP COLUMN algorithm",
-        "ALTER TABLE accounts DROP COLUMN digits",
-        "ALTER TABLE accounts DROP COLUMN period",
-        "ALTER TABLE accounts DROP COLUMN last_step",
-    ],
-}
+SQL = Statements(SQLITE)
+# Earlier releases kept the schema's version in PRAGMA user_version; once it is in the
+# record (schema.py), user_version says a version none of them knows, so that one of
+# them refuses the file ("newer than this totpd") instead of misreading it.
+EARLIER_RELEASES_REFUSE = 1_000_000
 
 
 def _full_hint(path: str, exc: sqlite3.Error) -> str:
@@ -219,23 +159,37 @@ class SQLiteStore(Store):
         self._conn: sqlite3.Connection | None = None
         self._closed = False
         started: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._thread = threading.Thread(target=self._serve, args=(started, key_check), name="sqlite-store", daemon=True)
+        self._thread = threading.Thread(
+            target=self._serve, args=(started, key_check, create), name="sqlite-store", daemon=True
+        )
         self._thread.start()
         started.result()  # re-raises an error from opening, migrating or the key check
 
     # -- opening -------------------------------------------------------------------------
 
-    def _open(self) -> sqlite3.Connection:
+    def _open(self, create: bool) -> sqlite3.Connection:
         try:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode = WAL").fetchone()
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute("PRAGMA busy_timeout = 5000")
-            self._migrate(conn)
+            self._check_integrity(conn)
+            self._migrate(conn, create)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path}: cannot open the database: {exc}{_full_hint(self.path, exc)}") from None
         return conn
+
+    def _check_integrity(self, conn: sqlite3.Connection) -> None:
+        """Before anything is read from the tables: the schema's record above all."""
+        try:
+            integrity = conn.execute("PRAGMA quick_check").fetchone()[0]
+        except sqlite3.OperationalError:
+            raise  # cannot read it at all (a full disk, an I/O error): _open says which
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: the database is corrupt: {exc}") from None
+        if integrity != "ok":
+            raise StoreError(f"{self.path}: the database is corrupt: {integrity}")
 
     def _start_wal(self, conn: sqlite3.Connection) -> None:
         """Checkpoint everything into the database, empty the log, then preallocate it
@@ -248,40 +202,26 @@ class SQLiteStore(Store):
         if not busy:
             _prefill_wal(self.path)
 
-    def _migrate(self, conn: sqlite3.Connection) -> None:
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version == 0:
-            tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-            if tables:
-                raise StoreError(f"{self.path}: this SQLite file is not a totpd database")
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"{self.path}: the database has schema version {version}, newer than this totpd ({SCHEMA_VERSION});"
-                " upgrade totpd"
-            )
-        for target in range(version + 1, SCHEMA_VERSION + 1):
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in _MIGRATIONS[target]:
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {target}")
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:  # a failed COMMIT (a full disk) has already rolled back
-                    conn.execute("ROLLBACK")
-                raise
+    def _migrate(self, conn: sqlite3.Connection, create: bool) -> None:
+        conn.execute("BEGIN IMMEDIATE")  # one process migrates; another waits, then finds it done
+        try:
+            earlier = conn.execute("PRAGMA user_version").fetchone()[0]
+            schema.upgrade(conn, SQLITE, self.path, create, earlier=earlier)
+            if earlier != EARLIER_RELEASES_REFUSE:
+                conn.execute(f"PRAGMA user_version = {EARLIER_RELEASES_REFUSE}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:  # a failed COMMIT (a full disk) has already rolled back
+                conn.execute("ROLLBACK")
+            raise
 
     # -- the store thread ------------------------------------------------------------
 
-    def _serve(self, started: concurrent.futures.Future[None], key_check: Callable[[Transaction], None]) -> None:
+    def _serve(
+        self, started: concurrent.futures.Future[None], key_check: Callable[[Transaction], None], create: bool
+    ) -> None:
         try:
-            conn = self._open()
-            try:
-                integrity = conn.execute("PRAGMA quick_check").fetchone()[0]
-            except sqlite3.DatabaseError as exc:
-                raise StoreError(f"{self.path}: the database is corrupt: {exc}") from None
-            if integrity != "ok":
-                raise StoreError(f"{self.path}: the database is corrupt: {integrity}")
+            conn = self._open(create)
             if self._prefill:
                 self._start_wal(conn)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller of __init__
