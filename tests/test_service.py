@@ -10,6 +10,7 @@ only with a status of docs/protocol.md, and never says ACCEPTED for a wrong code
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import base64
 import hashlib
@@ -337,3 +338,28 @@ def test_a_store_error_fails_closed_and_a_bug_reaches_the_daemon_as_an_exception
             assert reply.status == "UNAVAILABLE" and "cannot decide" in reply.fields["message"], reply
     finally:
         fresh.close()
+
+
+# -- the layer below the one entry ----------------------------------------------------------
+
+HANDLERS = {"login", "enroll_login", "enrollment", "tokens", "admin", "recovery_codes", "bulk_import"}
+
+
+def _imports_of(module: Path) -> set[str]:
+    """The totpd modules `module` imports (`from . import x` and `from .x import y`)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(module.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            names |= {node.module.split(".")[0]} if node.module else {alias.name for alias in node.names}
+    return names
+
+
+def test_the_handlers_sit_side_by_side_below_the_service_and_none_imports_another():
+    package = Path(__file__).resolve().parent.parent / "totpd"
+    imports = {path.stem: _imports_of(path) for path in package.glob("*.py")}
+    assert {name for name, imported in imports.items() if "handling" in imported} == HANDLERS | {"judging", "service"}
+    for name in HANDLERS:
+        assert not imports[name] & (HANDLERS | {"service"}), name
+    assert HANDLERS <= imports["service"]
+    assert not imports["judging"] & HANDLERS and not imports["handling"] & (HANDLERS | {"judging"})
+
