@@ -17,7 +17,8 @@ DVPY         = $(DEBIAN_VENV)/bin/python
 # What runs on them: the daemon, totpctl (and its PSKC decryption), D-Bus, logins through real libpam, and the
 # daemon under the unit's sandbox (MemoryDenyWriteExecute with Debian's compiled modules).
 DEBIAN_TESTS ?= tests/test_otp.py tests/test_protocol.py tests/test_config.py tests/test_sealing.py tests/test_daemon.py tests/test_enrollment_tools.py tests/test_import.py tests/test_pskc.py \
-                tests/pam/test_pam_daemon.py tests/dbus tests/test_systemd.py
+                tests/test_login.py tests/test_enrollment.py tests/test_judging.py tests/test_admin.py tests/test_recovery_codes.py \
+                tests/test_handling.py tests/test_bulk_import.py tests/pam/test_pam_daemon.py tests/dbus tests/test_systemd.py
 
 # What `make demo` runs (tests/demo.py): the PAM module's build, a venv with totpd's own
 # dependencies (pip takes them from PyPI as wheels), a daemon on SQLite, libpam.
@@ -31,7 +32,7 @@ TEST_APT_PACKAGES = $(DEMO_APT_PACKAGES) libpam-wrapper python3-dev \
                debhelper dpkg-dev python3-pip scdoc man-db groff-base clang libclang-rt-dev \
                dh-python pybuild-plugin-pyproject python3-all python3-setuptools python3-wheel lintian mmdebstrap \
                python3-pyotp python3-segno python3-argon2 python3-cryptography python3-dbus-fast \
-               python3-psycopg python3-psycopg-pool python3-pytest python3-dbusmock python3-hypothesis
+               python3-psycopg python3-psycopg-pool python3-pytest python3-dbusmock python3-hypothesis python3-aiosmtpd
 
 .PHONY: all pam deps deps-apt deps-python deps-demo deps-apt-demo deps-python-demo demo test check check-debian clean bench
 

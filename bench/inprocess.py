@@ -156,7 +156,7 @@ async def name_resolution(service: Service, name: str, count: int) -> tuple[floa
     here = (time.process_time() - start) / count
     start = time.process_time()
     for _ in range(count):
-        await service.ctx.nss.run(identity.canonical, name)
+        await service.nss.run(identity.canonical, name)
     return here, (time.process_time() - start) / count
 
 

@@ -16,13 +16,18 @@ from daemonproc import DaemonProcess
 # -- store backends (fleet mode) ------------------------------------------------------
 # `backend` says which store make_daemon's daemons use. It is "sqlite" unless a test
 # module overrides the fixture with a parametrized one (test_daemon.py runs its whole
-# suite on both). With "postgres", every daemon a test makes shares one fresh database
-# on the session's throwaway cluster and one master key, like the hosts of a fleet.
+# suite on both) or a test is marked `both_backends` (the handlers' own test files).
+# With "postgres", every daemon a test makes shares one fresh database on the
+# session's throwaway cluster and one master key, like the hosts of a fleet.
 
 
 @pytest.fixture
 def backend() -> str:
     return "sqlite"
+
+
+# A test so marked runs on both stores (the mark overrides the `backend` fixture).
+both_backends = pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 
 
 @pytest.fixture(scope="session")

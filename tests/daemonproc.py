@@ -40,6 +40,42 @@ def _toml_table(table: dict, name: str) -> list[str]:
     return lines
 
 
+NOBODY = 65534  # an account every Debian system has ("nobody")
+RECOVERY_SHAPED = "abcd-efgh-ijkm"  # a guess shaped like a recovery code: argon2 work to refuse
+
+# Opens `count` connections at once, sends each one request, and reports the statuses.
+# Only the standard library: it runs as another uid on the system Python.
+FLOOD = r"""
+import json, socket, struct, sys
+path, requests = sys.argv[1], json.loads(sys.argv[2])
+socks = []
+for verb, fields in requests:
+    payload = ("\n".join([verb] + [f"{k}={v}" for k, v in fields.items()]) + "\n").encode()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(60)
+    sock.connect(path)
+    sock.sendall(b"TD\x01\x00" + struct.pack(">I", len(payload)) + payload)
+    socks.append(sock)
+statuses = []
+for sock in socks:
+    data = b""
+    while len(data) < 8 or len(data) < 8 + struct.unpack(">I", data[4:8])[0]:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    statuses.append(data[8:].split(b"\n", 1)[0].decode())
+print(json.dumps(statuses))
+"""
+
+
+def flood_as(uid: int, socket_path: str, requests: list[tuple[str, dict]]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [SYSTEM_PYTHON, "-c", FLOOD, socket_path, json.dumps(requests)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, user=uid, group=uid, extra_groups=[], cwd="/",
+    )
+
+
 def wrong_code(secret: str) -> str:
     """A well-formed 6-digit code that no step within 12 of now accepts: wrong for any
     window, and outside the daemon's drift search too."""
@@ -47,6 +83,12 @@ def wrong_code(secret: str) -> str:
     now = time.time()
     near = {totp.at(now + steps * totp.interval) for steps in range(-12, 13)}
     return next(f"{n:06d}" for n in range(1_000_000) if f"{n:06d}" not in near)
+
+
+def code_at(secret: str, steps_from_now: int = 0, **params) -> str:
+    """The TOTP code of `secret` (pyotp's parameters) that many steps from now."""
+    totp = pyotp.TOTP(secret, **params)
+    return totp.at(time.time() + steps_from_now * totp.interval)
 
 
 class DaemonProcess:

@@ -97,7 +97,7 @@ def test_a_required_unenrolled_account_enrolls_at_login_and_then_needs_a_code(wo
     assert world.call("verify", code=totp.at(NOW)).status == "REJECTED"  # the first code was this login's
     assert world.call("verify", code=codes[0]).status == "ACCEPTED"  # a shown recovery code works
     assert world.call("login_enroll").status == "DENIED"  # no second enrollment at login
-    world.service.ctx.audit_trail.flush()
+    world.service.audit.flush()
     logged = capfd.readouterr().err
     assert re.search(r"event=check user=alice .*result=enroll_offered", logged)
     assert re.search(r"event=login_enroll user=alice .*result=pending\n", logged)

@@ -194,17 +194,6 @@ def test_a_user_enrolls_their_own_account_and_replacing_it_needs_proof(make_daem
     assert verify(daemon, "nobody", pyotp.TOTP(new_secret).now()).status == "ACCEPTED"
 
 
-def test_a_user_regenerates_recovery_codes_with_a_recovery_code_as_proof(make_daemon):
-    daemon = make_daemon(self_enroll=True)
-    out = daemon.enroll_json("nobody")
-    assert daemon.ctl("recovery-codes", "--regenerate", "--json", input="wrong-code\n", user=NOBODY).returncode == 1
-    result = daemon.ctl("recovery-codes", "--regenerate", "--json", input=out["recovery_codes"][0] + "\n", user=NOBODY)
-    assert result.returncode == 0, result.stderr
-    assert len(json.loads(result.stdout)["recovery_codes"]) == 10
-    counted = daemon.ctl("recovery-codes", "--json", user=NOBODY)
-    assert json.loads(counted.stdout)["recovery_codes_left"] == 10
-
-
 # -- clock --------------------------------------------------------------------------
 
 

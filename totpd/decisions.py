@@ -116,6 +116,19 @@ def resync(token: Token, secret: bytes, first: str, second: str, now: float, con
     return later, later - otp.time_step(now, params)
 
 
+def resync_tokens(
+    opened: list[tuple[Token, bytes]], first: str, second: str, now: float, config: Config
+) -> tuple[Token, int, int] | None:
+    """The first token (in the account's order) that `first` and `second` are consecutive
+    codes of, with resync's answer for it; every token is tried, whatever matched before."""
+    found: tuple[Token, int, int] | None = None
+    for token, secret in opened:
+        aligned = resync(token, secret, first, second, now, config)
+        if aligned is not None and found is None:
+            found = (token, *aligned)
+    return found
+
+
 def after_failure(config: Config, failures: int, now: float) -> tuple[float, bool]:
     """Backoff deadline and hard-lock flag after the `failures`-th consecutive failure.
 

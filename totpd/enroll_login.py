@@ -13,19 +13,21 @@ expired for logins (fail closed), never longer than the timeout.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from typing import Callable
 
 from . import decisions, otp
 from .authorization import Caller, is_pam
-from .context import Context, reply
+from .config import Config
 from .decisions import Verdict
-from .lifecycle import Lifecycle
-from .login import Login
+from .handling import Directory, Gate, reply
+from .judging import FirstCode, Judge
+from .policy import Policy
 from .protocol import MAX_ENROLL_REPLY_PAYLOAD, MAX_LINES, MAX_MESSAGE, Reply, Request, encode_reply
-from .sealing import secret_context
-from .store import Account, Transaction
+from .sealing import Sealer, secret_context
+from .store import Account, Batcher, Transaction
 
 log = logging.getLogger("totpd")
 
@@ -36,7 +38,7 @@ class PendingAtLogin:
     MAX_ENTRIES = 100_000
 
     def __init__(self, clock: Callable[[], float]) -> None:
-        self._clock = clock
+        self.clock = clock
         self._started: dict[str, tuple[bytes, float]] = {}
 
     def current(self, user: str) -> tuple[bytes, float] | None:
@@ -44,14 +46,14 @@ class PendingAtLogin:
         found = self._started.get(user)
         if found is None:
             return None
-        if found[1] <= self._clock():
+        if found[1] <= self.clock():
             del self._started[user]
             return None
         return found
 
     def start(self, user: str, sealed: bytes, until: float) -> None:
         if len(self._started) >= self.MAX_ENTRIES:
-            now = self._clock()
+            now = self.clock()
             self._started = {key: value for key, value in self._started.items() if value[1] > now}
         self._started[user] = (sealed, until)
 
@@ -59,43 +61,49 @@ class PendingAtLogin:
         self._started.pop(user, None)
 
 
+@dataclasses.dataclass
 class EnrollAtLogin:
-    def __init__(self, ctx: Context, login: Login, lifecycle: Lifecycle) -> None:
-        self.ctx = ctx
-        self.login = login
-        self.lifecycle = lifecycle
-        self.pending = PendingAtLogin(ctx.clock)
+    config: Config
+    store: Batcher
+    sealer: Sealer
+    judge: Judge
+    gate: Gate
+    directory: Directory
+    policy: Policy
+    clock: Callable[[], float]
+    pending: PendingAtLogin = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.pending = PendingAtLogin(self.clock)
 
     async def _offered(self, request: Request, caller: Caller, event: str) -> Reply | None:
         """None if this login may enroll now, else the reply that says why not (audited)."""
-        ctx = self.ctx
         if not is_pam(caller):
-            ctx.audit(request, caller, event, "forbidden", level="warning")
+            self.gate.record(request, caller, event, "forbidden", level="warning")
             return reply("FORBIDDEN", "only the PAM module (root) may enroll at login")
-        account = await ctx.read(lambda tx: tx.get(request.user))
+        account = await self.store.read(lambda tx: tx.get(request.user))
         if isinstance(account, Account) and account.active:
-            ctx.audit(request, caller, event, "already_enrolled")
+            self.gate.record(request, caller, event, "already_enrolled")
             return reply("DENIED", "This account is already enrolled; log in again with a code.")
-        now = ctx.clock()
+        now = self.clock()
         if isinstance(account, Account) and decisions.is_locked(account, now):  # too many wrong first codes
-            ctx.audit(request, caller, event, "locked")
-            return reply("LOCKED", ctx.policy.locked_message(request.user, account.locked, account.locked_until, now))
-        outcome = await self.login.unenrolled_outcome(request, caller, offer=True)
+            self.gate.record(request, caller, event, "locked")
+            return reply("LOCKED", self.policy.locked_message(request.user, account.locked, account.locked_until, now))
+        outcome = await self.directory.unenrolled_outcome(request, caller, offer=True)
         if outcome.status == "ENROLL":
             return None
-        ctx.audit(request, caller, event, "not_offered_" + outcome.status.lower())
+        self.gate.record(request, caller, event, "not_offered_" + outcome.status.lower())
         if outcome.status == "IGNORE":  # policy changed since `check`: this conversation ends; the next login decides
             return reply("DENIED", "Enrollment at login is no longer offered to this account; log in again.")
         return reply(outcome.status, outcome.message)
 
     async def login_enroll(self, request: Request, caller: Caller) -> Reply:
-        ctx = self.ctx
         if refusal := await self._offered(request, caller, "login_enroll"):
             return refusal
-        user, now = request.user, ctx.clock()
+        user, now = request.user, self.clock()
         known = self.pending.current(user)
         secret = otp.new_secret()
-        fresh = ctx.sealer.seal(secret, secret_context(user))
+        fresh = self.sealer.seal(secret, secret_context(user))
         params = otp.Params()
 
         def start(tx: Transaction) -> bytes | None:
@@ -108,17 +116,17 @@ class EnrollAtLogin:
             tx.put_pending(user, fresh, params.algorithm, params.digits, params.period, now)
             return fresh
 
-        sealed = await ctx.transact(start)
+        sealed = await self.store.submit(start)
         if not isinstance(sealed, bytes):
-            ctx.audit(request, caller, "login_enroll", "already_enrolled")
+            self.gate.record(request, caller, "login_enroll", "already_enrolled")
             return reply("DENIED", "This account is already enrolled; log in again with a code.")
         again = known is not None and sealed == known[0]
-        until = known[1] if again and known is not None else now + ctx.config.enroll_at_login_timeout
+        until = known[1] if again and known is not None else now + self.config.enroll_at_login_timeout
         if not again:
             self.pending.start(user, sealed, until)
         else:
-            secret = ctx.sealer.open(sealed, secret_context(user))
-        ctx.audit(request, caller, "login_enroll", "pending_shown_again" if again else "pending")
+            secret = self.sealer.open(sealed, secret_context(user))
+        self.gate.record(request, caller, "login_enroll", "pending_shown_again" if again else "pending")
         answer = self._enrollment_screen(user, secret, params, until - now)
         if answer is None:
             log.error("the enrollment of %s does not fit a reply: shorten 'issuer'", user)
@@ -129,7 +137,7 @@ class EnrollAtLogin:
         """NEED_CODE with the lines to show before the first code's prompt; None if they do not fit."""
         from . import qr  # segno: only drawing needs it
 
-        uri = otp.provisioning_uri(secret, user, self.ctx.config.issuer_name, params)
+        uri = otp.provisioning_uri(secret, user, self.config.issuer_name, params)
         key = otp.encode_secret(secret)
         minutes = max(1, math.floor(left / 60))
         lines = [
@@ -150,31 +158,20 @@ class EnrollAtLogin:
         return answer
 
     async def login_confirm(self, request: Request, caller: Caller) -> Reply:
-        ctx = self.ctx
         if refusal := await self._offered(request, caller, "login_confirm"):
             return refusal
-        user, code, now = request.user, request.get("code").strip(), ctx.clock()
+        user, now = request.user, self.clock()
         known = self.pending.current(user)
         if known is None:
-            ctx.audit(request, caller, "login_confirm", "expired")
+            self.gate.record(request, caller, "login_confirm", "expired")
             return reply("DENIED", "This enrollment has expired; log in again to start over.")
-        confirmed = await self.lifecycle.confirm_pending(
-            user, code, now, expected=known[0], service=request.get("service"), rhost=request.get("rhost")
-        )
-        verdict, codes = confirmed.verdict, confirmed.codes
-        ctx.audit(request, caller, "login_confirm", verdict.value, level="info" if verdict is Verdict.CONFIRMED else "warning",
-                  token=confirmed.token)
-        if verdict is Verdict.CONFIRMED:
+        judged = await self.judge.judge(user, FirstCode(request.get("code").strip(), expected=known[0]), now)
+        if judged.verdict in (Verdict.CONFIRMED, Verdict.NO_PENDING):
             self.pending.end(user)
-            lines = [
-                ("info", "The authenticator is enrolled. These recovery codes each work once in place of a code"),
-                ("info", "if the phone is lost; this is the only time they are shown. Keep them safe:"),
-                *(("info", "  " + "   ".join(codes[i : i + 4])) for i in range(0, len(codes), 4)),
-            ]
-            return Reply("ACCEPTED", {}, tuple(lines))
-        if verdict is Verdict.NO_PENDING:
-            self.pending.end(user)
-            return reply("DENIED", "This enrollment was replaced or removed; log in again to start over.")
-        if verdict is Verdict.REJECTED:
-            return reply("REJECTED", "Wrong verification code; log in again to retry (the same QR code is shown).")
-        return reply("LOCKED", "Too many wrong codes; wait, or ask an administrator to unlock the account.")
+        codes = judged.codes
+        lines = [
+            ("info", "The authenticator is enrolled. These recovery codes each work once in place of a code"),
+            ("info", "if the phone is lost; this is the only time they are shown. Keep them safe:"),
+            *(("info", "  " + "   ".join(codes[i : i + 4])) for i in range(0, len(codes), 4)),
+        ]
+        return self.judge.follow(request, caller, judged, now, success=Reply("ACCEPTED", {}, tuple(lines)))

@@ -23,9 +23,8 @@ from . import __version__
 from .authorization import Caller
 from .config import Config
 from .errors import FrameError, ProtocolError
-from .lifecycle import Session
 from .protocol import HEADER_SIZE, MAX_REQUEST_PAYLOAD, Reply, Request, decode_request, encode_reply, parse_header
-from .service import Service, internal_error
+from .service import Service, Session, internal_error
 from .systemd import sd_notify
 
 log = logging.getLogger("totpd")

@@ -2,10 +2,14 @@
 
 Every request, from the socket or from D-Bus, takes one path: the name it gives is
 resolved to the canonical account (identity.py) and the PAM context dropped unless
-root on the socket sent it, then one handler from one dispatch table answers it
-(login.py: check, verify; enroll_login.py: login_enroll, login_confirm;
-lifecycle.py: the rest). A refusal that a handler raises
-is mapped to a reply here, failing closed.
+root on the socket sent it, then one handler from one dispatch table answers it. The
+handlers sit side by side, each owning one group of verbs (login.py: check, verify;
+enroll_login.py: login_enroll, login_confirm; enrollment.py: enroll, token_add,
+confirm; tokens.py: token_list, token_remove, resync; admin.py: status, list, reset,
+unlock; recovery_codes.py; bulk_import.py: import_add, import_commit). None imports
+another: every code is judged on one path (judging.py), and what else they share is
+in handling.py. Here the service builds each piece once and hands every handler the
+ones it uses. A refusal that a handler raises is mapped to a reply here, failing closed.
 """
 
 from __future__ import annotations
@@ -15,17 +19,24 @@ import time
 from typing import Awaitable, Callable
 
 from . import __version__, identity
+from .admin import Admin
 from .audit import Audit
-from .authorization import Caller
+from .authorization import Authority, Caller
+from .bulk_import import BulkImport, Session
 from .config import Config
-from .context import Context, reply
 from .enroll_login import EnrollAtLogin
+from .enrollment import Enrollment
 from .errors import BusyError, ProtocolError, SealingError, StoreError
-from .lifecycle import Lifecycle, Session
+from .handling import Directory, Events, Gate, reply
+from .judging import Judge
 from .login import Login
+from .policy import Policy, RememberedHosts
 from .protocol import Reply, Request
+from .recovery_codes import RecoveryCodes
 from .sealing import Sealer
 from .store import Batcher, Store
+from .tokens import Tokens
+from .workers import Worker
 
 log = logging.getLogger("totpd")
 
@@ -34,6 +45,11 @@ __all__ = ["Caller", "Service", "Session", "internal_error"]
 # Keys that describe a PAM login. Believed only from a root caller on the socket (the
 # PAM module inside sshd or sudo); any other caller's are dropped before use.
 PAM_CONTEXT = ("service", "rhost", "tty")
+
+# Threads and waiting jobs per worker: NSS lookups may wait on a directory service;
+# argon2 is CPU work any local user can ask for, so it gets one thread of its own.
+NSS_THREADS, NSS_WAITING = 4, 1024
+ARGON2_THREADS, ARGON2_WAITING = 1, 32
 
 Handler = Callable[[Request, Caller, "Session | None"], Awaitable[Reply]]
 
@@ -54,40 +70,55 @@ class Service:
     ) -> None:
         self.config = config
         self.store = store
-        self.ctx = Context(config, Batcher(store), sealer, audit, clock)
-        login = Login(self.ctx)
-        lifecycle = Lifecycle(self.ctx, login)
-        at_login = EnrollAtLogin(self.ctx, login, lifecycle)
+        self.audit = audit
+        self.nss = Worker("nss", NSS_THREADS, NSS_WAITING)
+        self.argon2 = Worker("argon2", ARGON2_THREADS, ARGON2_WAITING)
+        self.events = Events()
+        batcher, policy, remembered = Batcher(store), Policy(config), RememberedHosts(clock)
+        gate = Gate(Authority(config, self.nss), audit)
+        self._gate = gate
+        directory = Directory(config, policy, self.nss, clock)
+        judge = Judge(config, batcher, sealer, self.argon2, gate, policy, remembered, self.events)
+        login = Login(batcher, judge, gate, directory, policy, remembered, clock)
+        at_login = EnrollAtLogin(config, batcher, sealer, judge, gate, directory, policy, clock)
+        enrollment = Enrollment(
+            config, batcher, sealer, self.argon2, judge, gate, directory, remembered, self.events, clock
+        )
+        tokens = Tokens(batcher, judge, gate, remembered, clock)
+        admin = Admin(batcher, gate, remembered, self.events, clock)
+        recovery_codes = RecoveryCodes(config, batcher, self.argon2, judge, gate, clock)
+        bulk = BulkImport(config, batcher, sealer, self.argon2, self.nss, gate, remembered, clock)
         plain: dict[str, Callable[[Request, Caller], Awaitable[Reply]]] = {
             "ping": self._ping,
             "check": login.check,
             "verify": login.verify,
-            "enroll": lifecycle.enroll,
-            "confirm": lifecycle.confirm,
+            "enroll": enrollment.enroll,
+            "confirm": enrollment.confirm,
+            "token_add": enrollment.token_add,
             "login_enroll": at_login.login_enroll,
             "login_confirm": at_login.login_confirm,
-            "status": lifecycle.status,
-            "list": lifecycle.list_accounts,
-            "reset": lifecycle.reset,
-            "unlock": lifecycle.unlock,
-            "recovery_codes": lifecycle.recovery_codes,
-            "token_add": lifecycle.token_add,
-            "token_list": lifecycle.token_list,
-            "token_remove": lifecycle.token_remove,
-            "resync": lifecycle.resync,
+            "status": admin.status,
+            "list": admin.list_accounts,
+            "reset": admin.reset,
+            "unlock": admin.unlock,
+            "recovery_codes": recovery_codes.recovery_codes,
+            "token_list": tokens.token_list,
+            "token_remove": tokens.token_remove,
+            "resync": tokens.resync,
         }
         # verb -> handler; the two import verbs also take the connection's session.
         self._handlers: dict[str, Handler] = {verb: _ignoring_session(call) for verb, call in plain.items()}
-        self._handlers["import_add"] = lifecycle.import_add
-        self._handlers["import_commit"] = lifecycle.import_commit
+        self._handlers["import_add"] = bulk.import_add
+        self._handlers["import_commit"] = bulk.import_commit
 
     @property
     def listeners(self) -> list[Callable[[str, dict[str, object]], None]]:
         """Called with (event, fields) once an event is durable (notifications, D-Bus signals)."""
-        return self.ctx.listeners
+        return self.events.listeners
 
     def close(self) -> None:
-        self.ctx.close()
+        self.nss.close()
+        self.argon2.close()
 
     async def handle(self, request: Request, caller: Caller, session: Session | None = None) -> Reply:
         try:
@@ -106,7 +137,7 @@ class Service:
             fields = {key: value for key, value in fields.items() if key not in PAM_CONTEXT}
         given = request.user
         if given and self.config.check_accounts:
-            name = await self.ctx.nss.run(identity.canonical, given)
+            name = await self.nss.run(identity.canonical, given)
             if name != given:
                 return Request(request.verb, {**fields, "user": name}, as_given=given)
         return request if fields is request.fields else Request(request.verb, fields)
@@ -119,7 +150,7 @@ class Service:
             log.warning("busy: %s; refusing '%s' from uid %d", exc, request.verb, caller.uid)
             return reply("BUSY", "The two-factor service is busy; try again.")
         log.error("cannot decide %s: %s", request.verb, exc)
-        self.ctx.audit(request, caller, request.verb, "unavailable", level="warning")
+        self._gate.record(request, caller, request.verb, "unavailable", level="warning")
         return reply("UNAVAILABLE", "The two-factor service cannot decide right now; try again shortly.")
 
     async def _ping(self, request: Request, caller: Caller) -> Reply:
