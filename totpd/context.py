@@ -19,6 +19,7 @@ from .authorization import Authority, Caller
 from .config import Config
 from .decisions import Verdict
 from .errors import ProtocolError
+from .hostclock import HostClock
 from .policy import Policy, RememberedHosts, Rules
 from .protocol import MAX_MESSAGE, Reply, Request
 from .sealing import Sealer, secret_context
@@ -94,6 +95,7 @@ class Context:
         self.policy = Policy(config)
         self.clock = clock
         self.remembered = RememberedHosts(clock)
+        self.host_clock = HostClock(config.host_clock_accounts, config.host_clock_window, audit)
         self.nss = Worker("nss", NSS_THREADS, NSS_WAITING)
         self.argon2 = Worker("argon2", ARGON2_THREADS, ARGON2_WAITING)
         self.authority = Authority(config, self.nss)

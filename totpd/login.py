@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Callable, NamedTuple, Sequence
 
-from . import decisions, identity, otp, recovery
+from . import decisions, hostclock, identity, otp, recovery
 from .audit import quote
 from .authorization import Caller, is_pam
 from .context import Context, params_of, reply
@@ -48,6 +48,7 @@ class Judged(NamedTuple):
     hashes: Sequence[tuple[int, str]] = ()  # try_recovery: the account's recovery-code hashes
     token: str = ""  # accepted: the token whose code it was
     skew: tuple[int, int] = (0, 0)  # accepted: the token's clock offset before and after
+    seconds: int | None = None  # accepted TOTP: `offset` in seconds (hostclock.py counts it)
 
 
 class Login:
@@ -116,6 +117,7 @@ class Login:
         work as it bounds guesses (a recovery code that matches clears the count).
         """
         ctx, config = self.ctx, self.ctx.config
+        host_offset = ctx.host_clock.offset(now)
 
         def judge(tx: Transaction) -> Judged:
             account = tx.get(user)
@@ -134,13 +136,15 @@ class Login:
             if verdict is Verdict.REPLAYED:
                 return Judged(Verdict.REPLAYED, account)
             assert token is not None
-            skew = decisions.learned_skew(token, step, now, config.max_skew)
+            offset = step - otp.time_step(now, params_of(token)) if token.type == "totp" else 0
+            seconds = offset * token.period if token.type == "totp" else None
+            learns = hostclock.teaches_skew(seconds, host_offset)
+            skew = decisions.learned_skew(token, step, now, config.max_skew) if learns else token.skew
             if not tx.advance_step(user, token.name, step, skew, now):
                 return Judged(Verdict.REPLAYED, account, token=token.name)
             if account.failures or account.locked_until:
                 tx.set_failures(user, 0, 0.0, False)
-            offset = step - otp.time_step(now, params_of(token)) if token.type == "totp" else 0
-            return Judged(Verdict.ACCEPTED, account, offset=offset, token=token.name, skew=(token.skew, skew))
+            return Judged(Verdict.ACCEPTED, account, offset=offset, token=token.name, skew=(token.skew, skew), seconds=seconds)
 
         return judge
 
@@ -172,6 +176,8 @@ class Login:
                 "an accepted code for %s was %+d steps from this host's clock: the phone's or this host's clock"
                 " is likely off", quote(user), judged.offset,
             )
+        if judged.seconds is not None:
+            ctx.host_clock.observe(user, judged.seconds, now)
         service, rhost = request.get("service"), request.get("rhost")
         if verdict in (Verdict.ACCEPTED, Verdict.RECOVERY_ACCEPTED) and is_pam(caller):
             ctx.remembered.remember(user, service, rhost, ctx.policy.rules(service).remember_host)
