@@ -458,11 +458,11 @@ def check_clock(ctx: Context) -> list[Finding]:
 
 
 def _host_offset(ctx: Context) -> list[Finding]:
-    """The daemon's agreed host clock error (its `ping`, asked by check_daemon), with systemd's time sync state."""
-    if ctx.host_clock_offset is None:
+    """This host's clock error as the daemon's accepted codes agree on it (its `ping`,
+    asked by check_daemon), with systemd's time-sync state."""
+    if ctx.host_clock_offset is None or ctx.config is None:
         return []
-    accounts = ctx.config.host_clock_accounts if ctx.config else "several"
-    return [error("clock.host_offset", f"host clock: accepted codes of at least {accounts} accounts agree at"
+    return [error("clock.host_offset", f"host clock: accepted codes of at least {ctx.config.host_clock_accounts} accounts agree at"
                   f" {ctx.host_clock_offset:+d} s from this host's clock: {hostclock.describe(ctx.host_clock_offset)};"
                   f" time sync: {clock.timesync()}",
                   "set this host's clock right and keep it so: an NTP client (chrony, systemd-timesyncd); see docs/doctor.md")]
