@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -62,3 +63,18 @@ def test_describe_says_what_to_do_when_it_is_not(monkeypatch, state, words):
     text = clock.describe()
     assert text.startswith(words)
     assert ("NTP client" in text) == (state is False)
+
+
+def test_timedatectl_show_is_read_for_ntp_and_its_synchronization():
+    shown = "Timezone=Etc/UTC\nLocalRTC=no\nCanNTP=yes\nNTP=yes\nNTPSynchronized=no\nTimeUSec=Mon 2026-12-07 18:00:00 UTC\n"
+    assert clock.timesync_of(shown) == "NTP=yes NTPSynchronized=no (timedatectl show)"
+    assert clock.timesync_of("Timezone=UTC\n") == "NTP=? NTPSynchronized=? (timedatectl show)"
+
+
+def test_timesync_says_why_systemd_could_not_answer(monkeypatch, tmp_path):
+    # This machine has timedatectl but no systemd as PID 1: whatever it answers is one line naming it.
+    said = clock.timesync()
+    assert "\n" not in said
+    assert re.fullmatch(r"NTP=\S+ NTPSynchronized=\S+ \(timedatectl show\)|timedatectl show failed: .+", said)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no timedatectl at all
+    assert clock.timesync() == "timedatectl is not installed (no systemd here?)"

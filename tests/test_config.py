@@ -32,6 +32,8 @@ def test_every_config_key_is_documented_with_its_default():
         ("window = 11\n", "key 'window' must be a whole number from 0 to 10"),
         ("max_failures = 1000\n", "key 'max_failures'"),
         ("check_accounts = 1\n", "key 'check_accounts' must be true or false"),
+        ("host_clock_accounts = 1\n", "key 'host_clock_accounts' must be 0 (off) or a whole number of accounts from 2"),
+        ("host_clock_window = 10\n", "key 'host_clock_window' must be a whole number from 60 to 86400"),
         ('socket_mode = "999"\n', "key 'socket_mode'"),
         ('unenrolled = "maybe"\n', "key 'unenrolled' must be one of"),
         ("socket = \n", "not valid TOML"),

@@ -52,6 +52,8 @@ class Config:
     hotp_window: int = 10
     hotp_resync_window: int = 1000
     max_skew: int = 3
+    host_clock_accounts: int = 3
+    host_clock_window: int = 3600
     lock_duration: int = 0
     backoff_after: int = 3
     backoff_initial: float = 1.0
@@ -259,6 +261,13 @@ def _dbus(value: Any) -> str:
     return value
 
 
+def _host_clock_accounts(value: Any) -> int:
+    # One account's agreement is its own phone's drift, never the host's clock.
+    if isinstance(value, bool) or not isinstance(value, int) or not (value == 0 or 2 <= value <= 10000):
+        raise ValueError("must be 0 (off) or a whole number of accounts from 2 to 10000")
+    return value
+
+
 def _choice(*choices: str) -> Callable[[Any], str]:
     def check(value: Any) -> str:
         if value not in choices:
@@ -299,6 +308,8 @@ _KEYS: dict[str, Callable[[Any], Any]] = {
     "hotp_window": _int_range(0, 100),
     "hotp_resync_window": _int_range(1, 100000),
     "max_skew": _int_range(0, 10),
+    "host_clock_accounts": _host_clock_accounts,
+    "host_clock_window": _int_range(60, 86400),
     "lock_duration": _seconds,
     "backoff_after": _int_range(1, 100),
     "backoff_initial": _positive_number,

@@ -26,7 +26,7 @@ import sys
 import time
 from typing import Callable, Iterable
 
-from . import __version__, clock, config as config_module, pamstack
+from . import __version__, clock, config as config_module, hostclock, pamstack
 from .client import Client
 from .errors import CannotRun, ClientError, ConfigError
 from .audit import quote
@@ -81,6 +81,7 @@ class Context:
     options: Options
     config: config_module.Config | None = None
     daemon_uid: int | None = None  # who the daemon runs as (SO_PEERCRED), once known
+    host_clock_offset: int | None = None  # this host's clock error as the daemon's accepted codes agree on it
 
 
 # -- configuration -------------------------------------------------------------------
@@ -311,6 +312,8 @@ def check_daemon(ctx: Context) -> list[Finding]:
     if reply.status != "OK":
         return [error("daemon.unhealthy", f"{path}: ping answered {reply.status}", "see the daemon's log")]
     ctx.daemon_uid = _peer_uid(path)
+    if reply.fields.get("host_clock_offset", "").lstrip("+-").isdigit():
+        ctx.host_clock_offset = int(reply.fields["host_clock_offset"])
     findings = [ok("daemon.answers", f"{path}: totpd {reply.fields.get('version', '?')} answers")]
     try:
         info = os.lstat(path)
@@ -451,6 +454,21 @@ def _name(uid: int) -> str:
 
 
 def check_clock(ctx: Context) -> list[Finding]:
+    return _host_offset(ctx) + _kernel_clock()
+
+
+def _host_offset(ctx: Context) -> list[Finding]:
+    """This host's clock error as the daemon's accepted codes agree on it (its `ping`,
+    asked by check_daemon), with systemd's time-sync state."""
+    if ctx.host_clock_offset is None or ctx.config is None:
+        return []
+    return [error("clock.host_offset", f"host clock: accepted codes of at least {ctx.config.host_clock_accounts} accounts agree at"
+                  f" {ctx.host_clock_offset:+d} s from this host's clock: {hostclock.describe(ctx.host_clock_offset)};"
+                  f" time sync: {clock.timesync()}",
+                  "set this host's clock right and keep it so: an NTP client (chrony, systemd-timesyncd); see docs/doctor.md")]
+
+
+def _kernel_clock() -> list[Finding]:
     state = clock.synchronized()
     if state:
         return [ok("clock.ok", "host clock: synchronized")]

@@ -15,12 +15,13 @@ import dataclasses
 import logging
 from typing import NamedTuple, Sequence, Union
 
-from . import decisions, otp, recovery
+from . import decisions, hostclock, otp, recovery
 from .audit import quote
 from .authorization import Caller, is_pam
 from .config import Config
 from .decisions import Verdict
 from .handling import Events, Gate, door_of, params_of, replay_floor, reply
+from .hostclock import HostClock
 from .policy import Policy, RememberedHosts
 from .protocol import DEFAULT_TOKEN, Reply, Request
 from .sealing import Sealer, secret_context
@@ -53,7 +54,7 @@ class Code:
     def tokens(self, account: Account) -> Sequence[Token]:
         return account.tokens
 
-    def match(self, opened: list[tuple[Token, bytes]], now: float, config: Config) -> Match:
+    def match(self, opened: list[tuple[Token, bytes]], now: float, config: Config, host_offset: int | None) -> Match:
         # A code that could not be a TOTP code is left to the recovery codes, its failure
         # counted first: the throttle bounds that argon2 work as it bounds guesses.
         if not any(otp.looks_like_totp(self.code, params_of(token)) for token, _ in opened):
@@ -61,7 +62,10 @@ class Code:
         verdict, token, step = decisions.judge_tokens(opened, self.code, now, config)
         if token is None:
             return Match(verdict)
-        return Match(verdict, token, step, decisions.learned_skew(token, step, now, config.max_skew))
+        # An offset that many accounts share is this host's clock, not the phone's: not learned.
+        if hostclock.teaches_skew(offset_seconds(token, step, now), host_offset):
+            return Match(verdict, token, step, decisions.learned_skew(token, step, now, config.max_skew))
+        return Match(verdict, token, step, token.skew)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +97,7 @@ class FirstCode:
             account.pending_period or defaults.period, last if kind == "hotp" else -1, 0, 0.0, None,
         )]
 
-    def match(self, opened: list[tuple[Token, bytes]], now: float, config: Config) -> Match:
+    def match(self, opened: list[tuple[Token, bytes]], now: float, config: Config, host_offset: int | None) -> Match:
         verdict, token, step = decisions.judge_tokens(opened, self.code, now, config)
         if verdict is not Verdict.ACCEPTED:
             return Match(Verdict.REJECTED, opened[0][0])
@@ -118,7 +122,7 @@ class Pair:
     def tokens(self, account: Account) -> Sequence[Token]:
         return [token for token in account.tokens if not self.name or token.name == self.name]
 
-    def match(self, opened: list[tuple[Token, bytes]], now: float, config: Config) -> Match:
+    def match(self, opened: list[tuple[Token, bytes]], now: float, config: Config, host_offset: int | None) -> Match:
         found = decisions.resync_tokens(opened, self.first, self.second, now, config)
         if found is None:
             return Match(Verdict.REJECTED)
@@ -126,6 +130,13 @@ class Pair:
 
 
 Attempt = Union[Code, FirstCode, Pair]
+
+
+def offset_seconds(token: Token, step: int, now: float) -> int | None:
+    """How far an accepted TOTP code's time is from this host's, in seconds (HOTP: None)."""
+    if token.type != "totp":
+        return None
+    return (step - otp.time_step(now, params_of(token))) * token.period
 
 
 class Judged(NamedTuple):
@@ -186,6 +197,7 @@ class Judge:
     policy: Policy
     remembered: RememberedHosts
     events: Events
+    host_clock: HostClock
 
     # -- the verdict --------------------------------------------------------------------------
 
@@ -193,7 +205,8 @@ class Judge:
         """The verdict on `attempt` for `user`, durable. A code shaped like no token's goes
         on to the recovery codes (argon2, on its worker), a right first code on to its
         activation: each a second transaction, only once the cheap checks have passed."""
-        judged = await self.store.submit(lambda tx: self._judge(tx, user, attempt, now))
+        host_offset = self.host_clock.offset(now)  # read on the loop; the store thread only sees the value
+        judged = await self.store.submit(lambda tx: self._judge(tx, user, attempt, now, host_offset))
         assert isinstance(judged, Judged)
         if judged.verdict is Verdict.TRY_RECOVERY:
             assert isinstance(attempt, Code)
@@ -202,7 +215,7 @@ class Judge:
             return await self._activate(user, judged, now)
         return judged
 
-    def _judge(self, tx: Transaction, user: str, attempt: Attempt, now: float) -> Judged:
+    def _judge(self, tx: Transaction, user: str, attempt: Attempt, now: float, host_offset: int | None) -> Judged:
         """The judging transaction: read, lift an ended lock, judge, count a failure or spend the code."""
         account = tx.get(user)
         if barred := attempt.barred(account, now):
@@ -213,7 +226,7 @@ class Judge:
             account = account._replace(locked=False, locked_until=0.0)
         context = secret_context(user)
         opened = [(token, self.sealer.open(token.secret, context)) for token in attempt.tokens(account)]
-        match = attempt.match(opened, now, self.config)
+        match = attempt.match(opened, now, self.config, host_offset)
         name = match.token.name if match.token is not None else attempt.name
         if match.verdict in (Verdict.REJECTED, Verdict.TRY_RECOVERY):
             failures = account.failures + 1
@@ -327,6 +340,7 @@ class Judge:
         """An accepted TOTP code says where the phone's clock is: a log line when it is far
         off, an audit line when the token's learned offset moved."""
         offset = judged.step - otp.time_step(now, params_of(token))
+        self.host_clock.observe(request.user, offset * token.period, now)
         if abs(offset) >= 2:
             log.warning(
                 "an accepted code for %s was %+d steps from this host's clock: the phone's or this host's clock"

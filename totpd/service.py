@@ -27,6 +27,7 @@ from .config import Config
 from .enroll_login import EnrollAtLogin
 from .enrollment import Enrollment
 from .errors import BusyError, ProtocolError, SealingError, StoreError
+from .hostclock import HostClock
 from .handling import Directory, Events, Gate, reply
 from .judging import Judge
 from .login import Login
@@ -75,10 +76,11 @@ class Service:
         self.argon2 = Worker("argon2", ARGON2_THREADS, ARGON2_WAITING)
         self.events = Events()
         batcher, policy, remembered = Batcher(store), Policy(config), RememberedHosts(clock)
+        self.clock, self.host_clock = clock, HostClock(config.host_clock_accounts, config.host_clock_window, audit)
         gate = Gate(Authority(config, self.nss), audit)
         self._gate = gate
         directory = Directory(config, policy, self.nss, clock)
-        judge = Judge(config, batcher, sealer, self.argon2, gate, policy, remembered, self.events)
+        judge = Judge(config, batcher, sealer, self.argon2, gate, policy, remembered, self.events, self.host_clock)
         login = Login(batcher, judge, gate, directory, policy, remembered, clock)
         at_login = EnrollAtLogin(config, batcher, sealer, judge, gate, directory, policy, clock)
         enrollment = Enrollment(
@@ -154,7 +156,11 @@ class Service:
         return reply("UNAVAILABLE", "The two-factor service cannot decide right now; try again shortly.")
 
     async def _ping(self, request: Request, caller: Caller) -> Reply:
-        return reply("OK", version=__version__)
+        # This host's clock error as accepted codes agree on it (hostclock.py), for doctor.
+        host_offset = self.host_clock.offset(self.clock())
+        if host_offset is None:
+            return reply("OK", version=__version__)
+        return reply("OK", version=__version__, host_clock_offset=host_offset)
 
 
 def _ignoring_session(call: Callable[[Request, Caller], Awaitable[Reply]]) -> Handler:
