@@ -13,7 +13,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Callable
 
-from . import decisions, identity, otp
+from . import decisions, grace, identity, otp
 from .audit import Audit
 from .authorization import Authority, Caller
 from .config import Config
@@ -94,6 +94,7 @@ class Context:
         self.policy = Policy(config)
         self.clock = clock
         self.remembered = RememberedHosts(clock)
+        self.graces = grace.Graces(clock, grace.longest(config))  # sudo_grace
         self.nss = Worker("nss", NSS_THREADS, NSS_WAITING)
         self.argon2 = Worker("argon2", ARGON2_THREADS, ARGON2_WAITING)
         self.authority = Authority(config, self.nss)

@@ -140,6 +140,7 @@ class Lifecycle:
 
         await ctx.transact(write)
         ctx.remembered.forget(user)
+        ctx.graces.forget(user)  # sudo_grace
         ctx.audit(request, caller, event, "active" if activate else "pending", token=name)
         if activate:
             ctx.emit("enrolled", user=user)
@@ -239,6 +240,7 @@ class Lifecycle:
         if verdict is not Verdict.CONFIRMED:
             return Confirmed(verdict, name, replaces, [])
         ctx.remembered.forget(user)
+        ctx.graces.forget(user)  # sudo_grace
         ctx.emit("enrolled", user=user, **where)
         return Confirmed(verdict, name, replaces, codes)
 
@@ -255,8 +257,10 @@ class Lifecycle:
         if account is None:
             return reply("NOT_ENROLLED", f"account '{user}' is not enrolled")
         synced = clock.synchronized()
+        graces, grace_until = ctx.graces.active(user)  # sudo_grace
         return reply(
-            "OK", **describe(account, left, ctx.clock()), clock_synchronized="unknown" if synced is None else int(synced)
+            "OK", **describe(account, left, ctx.clock()), clock_synchronized="unknown" if synced is None else int(synced),
+            sudo_graces=graces, sudo_grace_until=int(grace_until),  # sudo_grace
         )
 
     async def list_accounts(self, request: Request, caller: Caller) -> Reply:
@@ -293,6 +297,7 @@ class Lifecycle:
         if not deleted:
             return reply("NOT_ENROLLED", f"account '{request.user}' is not enrolled")
         ctx.remembered.forget(request.user)
+        ctx.graces.forget(request.user)  # sudo_grace
         ctx.emit("reset", user=request.user)
         return reply("OK")
 
@@ -309,6 +314,7 @@ class Lifecycle:
             return True
 
         done = await ctx.transact(unlock)
+        ctx.graces.forget(user)  # sudo_grace
         ctx.audit(request, caller, "unlock", "done" if done else "not_enrolled")
         if not done:
             return reply("NOT_ENROLLED", f"account '{user}' is not enrolled")
@@ -380,6 +386,8 @@ class Lifecycle:
             return Verdict.ACCEPTED, token.name, f"skew={token.skew:+d} to={skew:+d}"
 
         verdict, token, detail = await ctx.transact(align)  # type: ignore[misc]
+        if verdict in (Verdict.REJECTED, Verdict.NOW_LOCKED, Verdict.REPLAYED):
+            ctx.graces.forget(user)  # sudo_grace
         level = "info" if verdict is Verdict.ACCEPTED else "warning"
         ctx.audit(request, caller, "resync", verdict.value, token=token, detail=detail, level=level)
         if verdict is Verdict.ACCEPTED:
@@ -418,6 +426,7 @@ class Lifecycle:
                 "BAD_REQUEST", f"'{name}' is the last token of account '{user}'; removing it is a reset: totpctl reset {user}"
             )
         ctx.remembered.forget(user)
+        ctx.graces.forget(user)  # sudo_grace
         return reply("OK")
 
     # -- bulk import: import_add stages on the connection, import_commit writes all at once --
@@ -509,6 +518,7 @@ class Lifecycle:
         if not dry_run:
             for user in created + replaced:
                 ctx.remembered.forget(user)
+                ctx.graces.forget(user)  # sudo_grace
                 ctx.audit_trail.record("import", "active", user=user, uid=caller.uid)
         ctx.audit(
             request, caller, "import", "dry_run" if dry_run else "committed",

@@ -72,6 +72,10 @@ class Login:
         if is_pam(caller) and ctx.remembered.recalls(user, request.get("service"), request.get("rhost")):
             ctx.audit(request, caller, "check", "accepted_remembered_host")
             return reply("ACCEPTED")
+        grace = ctx.policy.rules(request.get("service")).sudo_grace  # sudo_grace
+        if is_pam(caller) and await ctx.graces.grants(user, caller.pid, grace, ctx.nss):  # sudo_grace
+            ctx.audit(request, caller, "check", "accepted_grace")
+            return reply("ACCEPTED")
         return reply("NEED_CODE", prompt=PROMPT)
 
     async def unenrolled(self, request: Request, caller: Caller, event: str) -> Reply:
@@ -175,8 +179,10 @@ class Login:
         service, rhost = request.get("service"), request.get("rhost")
         if verdict in (Verdict.ACCEPTED, Verdict.RECOVERY_ACCEPTED) and is_pam(caller):
             ctx.remembered.remember(user, service, rhost, ctx.policy.rules(service).remember_host)
+            ctx.graces.record(user, caller.pid)  # sudo_grace
         elif verdict in (Verdict.REJECTED, Verdict.NOW_LOCKED, Verdict.REPLAYED):
             ctx.remembered.forget(user)
+            ctx.graces.forget(user)  # sudo_grace
         if verdict is Verdict.RECOVERY_ACCEPTED:
             ctx.emit("recovery_code_used", user=user, service=service, rhost=rhost)
         if verdict is Verdict.NOW_LOCKED:

@@ -1,0 +1,219 @@
+"""sudo_grace: the pure decision, the session's anchor over a process tree, the records,
+and the same facts read from real processes in real audit sessions."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+
+import pytest
+
+from totpd import grace
+from totpd.config import parse
+from totpd.grace import UNSET, Grace, Graces, Process, anchor_of, candidates, granted, read_process
+from totpd.workers import Worker
+
+UID = 2901  # the account's uid in these trees
+
+# An SSH login as /proc shows it (tests/e2e/test_grace.py checks the real shape):
+# init, the sshd listener, the per-connection monitor that opened session 7, its
+# unprivileged child, a shell, and sudo in that shell; the [pam] child that
+# authenticated before the session opened; a second SSH session (8) of the account.
+TREE = {
+    1: Process(1, 0, 10, UNSET, UNSET),
+    100: Process(100, 1, 500, UNSET, UNSET),
+    200: Process(200, 100, 9000, 7, UID),
+    201: Process(201, 200, 9100, 7, UID),
+    202: Process(202, 201, 9200, 7, UID),
+    203: Process(203, 202, 9300, 7, UID),
+    210: Process(210, 200, 8900, UNSET, UNSET),
+    300: Process(300, 100, 9500, 8, UID),
+    303: Process(303, 300, 9600, 8, UID),
+}
+
+
+def tree_read(tree: dict[int, Process]):
+    return tree.get
+
+
+def test_the_anchor_is_the_topmost_ancestor_in_the_same_session():
+    assert anchor_of(203, tree_read(TREE)) == (200, 9000)
+    assert anchor_of(200, tree_read(TREE)) == (200, 9000)
+    assert anchor_of(303, tree_read(TREE)) == (300, 9500)
+
+
+def test_a_process_outside_any_session_has_no_anchor():
+    assert anchor_of(210, tree_read(TREE)) is None
+    assert anchor_of(100, tree_read(TREE)) is None
+
+
+def test_an_unreadable_process_or_ancestor_has_no_anchor():
+    hidden = {pid: p for pid, p in TREE.items() if pid != 201}
+    assert anchor_of(203, tree_read(hidden)) is None
+    assert anchor_of(999, tree_read(TREE)) is None
+
+
+def test_a_code_accepted_before_the_session_binds_to_the_authenticating_process_and_its_parent():
+    assert candidates(210, tree_read(TREE)) == ((210, 8900), (200, 9000))
+
+
+def test_a_code_accepted_inside_a_session_binds_to_that_sessions_anchor():
+    assert candidates(203, tree_read(TREE)) == ((200, 9000),)
+
+
+def test_sudo_in_the_same_session_inside_the_grace_is_granted():
+    graces = [Grace(candidates(210, tree_read(TREE)), 1000.0)]
+    assert granted(60, graces, TREE[203], anchor_of(203, tree_read(TREE)), UID, 1060.0)
+
+
+def test_sudo_after_the_grace_is_refused():
+    graces = [Grace(((200, 9000),), 1000.0)]
+    assert not granted(60, graces, TREE[203], (200, 9000), UID, 1060.5)
+
+
+def test_sudo_in_another_session_of_the_same_account_is_refused():
+    graces = [Grace(((200, 9000),), 1000.0)]
+    assert not granted(60, graces, TREE[303], anchor_of(303, tree_read(TREE)), UID, 1001.0)
+
+
+def test_a_reused_pid_with_another_start_time_is_refused():
+    # The session ended; a new session's monitor got pid 200 again, later.
+    reused = {**TREE, 200: Process(200, 100, 12000, 9, UID), 203: Process(203, 200, 12100, 9, UID)}
+    graces = [Grace(((200, 9000),), 1000.0)]
+    anchor = anchor_of(203, tree_read(reused))
+    assert anchor == (200, 12000)
+    assert not granted(60, graces, reused[203], anchor, UID, 1001.0)
+
+
+def test_a_process_that_outlived_its_session_is_refused():
+    # The monitor is gone: the orphaned shell was adopted by init and is its own anchor.
+    orphaned = {pid: p for pid, p in TREE.items() if pid not in (200, 201)}
+    orphaned[202] = Process(202, 1, 9200, 7, UID)
+    graces = [Grace(((200, 9000),), 1000.0)]
+    assert not granted(60, graces, orphaned[203], anchor_of(203, tree_read(orphaned)), UID, 1001.0)
+
+
+def test_another_accounts_login_session_is_refused():
+    graces = [Grace(((200, 9000),), 1000.0)]
+    assert not granted(60, graces, TREE[203], (200, 9000), UID + 1, 1001.0)
+
+
+def test_nothing_known_is_refused():
+    graces = [Grace(((200, 9000),), 1000.0)]
+    assert not granted(0, graces, TREE[203], (200, 9000), UID, 1001.0)  # off for this service
+    assert not granted(60, graces, None, (200, 9000), UID, 1001.0)  # caller unreadable
+    assert not granted(60, graces, TREE[203], None, UID, 1001.0)  # no anchor
+    assert not granted(60, graces, TREE[203], (200, 9000), None, 1001.0)  # account unknown to NSS
+    assert not granted(60, graces, TREE[210], (200, 9000), UID, 1001.0)  # caller outside any session
+    assert not granted(60, graces, TREE[203], (200, 9000), UID, 999.0)  # the clock went back
+
+
+def test_the_longest_grace_of_any_service_bounds_the_records():
+    config = parse({"sudo_grace": 60, "services": {"sudo": {"sudo_grace": 300}, "sshd": {"remember_host": 5}}}, "t")
+    assert grace.longest(config) == 300
+    assert config.services["sshd"].sudo_grace is None
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def nss():
+    worker = Worker("nss", 1, 4)
+    yield worker
+    worker.close()
+
+
+def root_tree() -> dict[int, Process]:
+    """TREE as root's login sessions, so NSS names the account (root, uid 0)."""
+    return {pid: Process(p.pid, p.ppid, p.start, p.session, 0 if p.loginuid == UID else p.loginuid)
+            for pid, p in TREE.items()}
+
+
+def test_records_grant_in_their_session_and_end_on_forget(nss):
+    clock, tree = FakeClock(), root_tree()
+    graces = Graces(clock, 60, tree_read(tree))
+    graces.record("root", 210)
+    assert asyncio.run(graces.grants("root", 203, 60, nss))
+    assert not asyncio.run(graces.grants("root", 303, 60, nss))
+    assert not asyncio.run(graces.grants("root", 203, 0, nss))
+    assert graces.active("root") == (1, 1060.0)
+    graces.forget("root")
+    assert not asyncio.run(graces.grants("root", 203, 60, nss))
+    assert graces.active("root") == (0, 0.0)
+
+
+def test_a_grace_answer_does_not_extend_the_grace(nss):
+    clock, tree = FakeClock(), root_tree()
+    graces = Graces(clock, 60, tree_read(tree))
+    graces.record("root", 203)
+    clock.now = 1050.0
+    assert asyncio.run(graces.grants("root", 203, 60, nss))
+    clock.now = 1061.0
+    assert not asyncio.run(graces.grants("root", 203, 60, nss))
+    assert graces.active("root") == (0, 0.0)
+
+
+def test_nothing_is_recorded_while_every_grace_is_off(nss):
+    graces = Graces(FakeClock(), 0, tree_read(root_tree()))
+    graces.record("root", 210)
+    assert graces.active("root") == (0, 0.0)
+
+
+def test_a_grace_whose_session_ended_is_not_shown_as_active(nss):
+    tree = root_tree()
+    graces = Graces(FakeClock(), 60, tree_read(tree))
+    graces.record("root", 203)
+    del tree[200]
+    assert graces.active("root") == (0, 0.0)
+
+
+# -- real processes in real audit sessions (root writes a fresh loginuid) -----------
+
+SESSION_LEADER = """
+import os, subprocess, sys
+with open("/proc/self/loginuid", "w") as handle:
+    handle.write(sys.argv[1])
+child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+print(child.pid, flush=True)
+sys.stdin.read()
+child.communicate(b"")
+"""
+
+
+@pytest.fixture
+def session():
+    """A process that opened its own audit session (as pam_loginuid does) and its child."""
+    if os.geteuid() != 0:
+        pytest.fail("opening an audit session needs root")
+    leader = subprocess.Popen([sys.executable, "-c", SESSION_LEADER, str(UID)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    assert leader.stdout is not None
+    child = int(leader.stdout.readline())
+    yield leader.pid, child
+    leader.communicate("")
+
+
+def test_proc_shows_a_real_sessions_leader_as_the_anchor_of_its_child(session):
+    leader, child = session
+    process = read_process(child)
+    assert process is not None and process.ppid == leader and process.loginuid == UID
+    assert process.session not in (UNSET, read_process(os.getpid()).session)  # type: ignore[union-attr]
+    assert anchor_of(child) == read_process(leader).anchor  # type: ignore[union-attr]
+
+
+def test_proc_shows_this_test_outside_the_session(session):
+    leader, _child = session
+    assert anchor_of(os.getpid()) != read_process(leader).anchor  # type: ignore[union-attr]
+
+
+def test_a_process_that_is_gone_reads_as_nothing():
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    assert read_process(int(done.stdout)) is None
