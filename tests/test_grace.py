@@ -4,11 +4,17 @@ and the same facts read from real processes in real audit sessions."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
+import time
 
+import pyotp
 import pytest
+
+import wire
+from daemonproc import SYSTEM_PYTHON
 
 from totpd import grace
 from totpd.config import parse
@@ -217,3 +223,66 @@ def test_proc_shows_this_test_outside_the_session(session):
 def test_a_process_that_is_gone_reads_as_nothing():
     done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     assert read_process(int(done.stdout)) is None
+
+
+# -- through the daemon: only root's PAM requests start or use a grace -------------------
+
+NOBODY = 65534
+
+IN_SESSION = """
+import json, subprocess, sys
+with open("/proc/self/loginuid", "w") as handle:
+    handle.write(sys.argv[1])
+for line in sys.stdin:
+    done = subprocess.run(json.loads(line), capture_output=True, text=True)
+    print(json.dumps([done.returncode, done.stdout, done.stderr]), flush=True)
+"""
+
+CALL = """
+import json, sys
+from totpd.client import Client
+reply = Client(sys.argv[1]).call(sys.argv[2], **json.loads(sys.argv[3]))
+print(reply.status)
+"""
+
+
+class AuditSession:
+    """A process that opened an audit session for `loginuid`, running requests from its
+    children (as sudo runs inside a login session), as root or as another uid."""
+
+    def __init__(self, daemon, loginuid: int) -> None:
+        self.daemon = daemon
+        self.leader = subprocess.Popen([sys.executable, "-c", IN_SESSION, str(loginuid)], stdin=subprocess.PIPE,
+                                       stdout=subprocess.PIPE, text=True)
+
+    def call(self, uid: int, verb: str, **fields: str) -> str:
+        package = self.daemon._public_package()  # readable by any uid
+        argv = [SYSTEM_PYTHON, "-c", f"import sys; sys.path.insert(0, {str(package)!r})\n" + CALL,
+                self.daemon.socket_path, verb, json.dumps(fields)]
+        if uid:
+            argv = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *argv]
+        assert self.leader.stdin and self.leader.stdout
+        self.leader.stdin.write(json.dumps(argv) + "\n")
+        self.leader.stdin.flush()
+        returncode, stdout, stderr = json.loads(self.leader.stdout.readline())
+        assert returncode == 0, stderr
+        return stdout.strip()
+
+    def close(self) -> None:
+        self.leader.communicate("")
+
+
+def test_only_roots_pam_requests_in_the_session_start_or_use_a_grace(make_daemon):
+    daemon = make_daemon(check_accounts=True, sudo_grace=300)
+    totp = pyotp.TOTP(daemon.enroll("nobody"))
+    session = AuditSession(daemon, NOBODY)
+    try:
+        assert session.call(NOBODY, "verify", user="nobody", code=totp.now(), service="sshd") == "ACCEPTED"
+        assert session.call(0, "check", user="nobody", service="sudo") == "NEED_CODE"  # a user's own verify starts none
+        assert session.call(0, "verify", user="nobody", code=totp.at(time.time() + 30), service="sshd") == "ACCEPTED"
+        assert session.call(0, "check", user="nobody", service="sudo") == "ACCEPTED"
+        assert session.call(NOBODY, "check", user="nobody", service="sudo") == "NEED_CODE"  # nor uses one
+        assert wire.request(daemon.socket_path, "check", user="nobody", service="sudo").status == "NEED_CODE"
+    finally:
+        session.close()
+    assert "result=accepted_grace" in daemon.log()
