@@ -21,22 +21,23 @@ from totpd.config import parse
 from totpd.grace import UNSET, Grace, Graces, Process, anchor_of, candidates, granted, read_process
 from totpd.workers import Worker
 
-UID = 2901  # the account's uid in these trees
+UID = 65534  # the account's uid in these trees: nobody, so NSS knows it
 
-# An SSH login as /proc shows it (tests/e2e/test_grace.py checks the real shape):
+# An SSH login as /proc shows it (tests/e2e/test_sudo_grace.py checks the real shape):
 # init, the sshd listener, the per-connection monitor that opened session 7, its
-# unprivileged child, a shell, and sudo in that shell; the [pam] child that
-# authenticated before the session opened; a second SSH session (8) of the account.
+# unprivileged child, a shell, and sudo in that shell (set-uid: its real uid is the
+# account's); the [pam] child that authenticated before the session opened; a second
+# SSH session (8) of the account.
 TREE = {
-    1: Process(1, 0, 10, UNSET, UNSET),
-    100: Process(100, 1, 500, UNSET, UNSET),
-    200: Process(200, 100, 9000, 7, UID),
-    201: Process(201, 200, 9100, 7, UID),
-    202: Process(202, 201, 9200, 7, UID),
-    203: Process(203, 202, 9300, 7, UID),
-    210: Process(210, 200, 8900, UNSET, UNSET),
-    300: Process(300, 100, 9500, 8, UID),
-    303: Process(303, 300, 9600, 8, UID),
+    1: Process(1, 0, 10, UNSET, UNSET, 0),
+    100: Process(100, 1, 500, UNSET, UNSET, 0),
+    200: Process(200, 100, 9000, 7, UID, 0),
+    201: Process(201, 200, 9100, 7, UID, UID),
+    202: Process(202, 201, 9200, 7, UID, UID),
+    203: Process(203, 202, 9300, 7, UID, UID),
+    210: Process(210, 200, 8900, UNSET, UNSET, 0),
+    300: Process(300, 100, 9500, 8, UID, 0),
+    303: Process(303, 300, 9600, 8, UID, UID),
 }
 
 
@@ -86,7 +87,7 @@ def test_sudo_in_another_session_of_the_same_account_is_refused():
 
 def test_a_reused_pid_with_another_start_time_is_refused():
     # The session ended; a new session's monitor got pid 200 again, later.
-    reused = {**TREE, 200: Process(200, 100, 12000, 9, UID), 203: Process(203, 200, 12100, 9, UID)}
+    reused = {**TREE, 200: Process(200, 100, 12000, 9, UID, 0), 203: Process(203, 200, 12100, 9, UID, UID)}
     graces = [Grace(((200, 9000),), 1000.0)]
     anchor = anchor_of(203, tree_read(reused))
     assert anchor == (200, 12000)
@@ -96,7 +97,7 @@ def test_a_reused_pid_with_another_start_time_is_refused():
 def test_a_process_that_outlived_its_session_is_refused():
     # The monitor is gone: the orphaned shell was adopted by init and is its own anchor.
     orphaned = {pid: p for pid, p in TREE.items() if pid not in (200, 201)}
-    orphaned[202] = Process(202, 1, 9200, 7, UID)
+    orphaned[202] = Process(202, 1, 9200, 7, UID, UID)
     graces = [Grace(((200, 9000),), 1000.0)]
     assert not granted(60, graces, orphaned[203], anchor_of(203, tree_read(orphaned)), UID, 1001.0)
 
@@ -104,6 +105,20 @@ def test_a_process_that_outlived_its_session_is_refused():
 def test_another_accounts_login_session_is_refused():
     graces = [Grace(((200, 9000),), 1000.0)]
     assert not granted(60, graces, TREE[203], (200, 9000), UID + 1, 1001.0)
+
+
+def test_a_login_authenticated_by_root_inside_the_session_is_refused():
+    # An sshd started by hand from inside the session: its [pam] child inherits the
+    # session and its loginuid, but authenticates as root, not as a program the account ran.
+    inherited = {**TREE, 220: Process(220, 203, 9700, 7, UID, 0)}
+    graces = [Grace(((200, 9000),), 1000.0)]
+    assert not granted(60, graces, inherited[220], anchor_of(220, tree_read(inherited)), UID, 1001.0)
+
+
+def test_roots_account_never_gets_a_grace():
+    as_root = {pid: Process(p.pid, p.ppid, p.start, p.session, 0, 0) for pid, p in TREE.items()}
+    graces = [Grace(((200, 9000),), 1000.0)]
+    assert not granted(60, graces, as_root[203], anchor_of(203, tree_read(as_root)), 0, 1001.0)
 
 
 def test_nothing_known_is_refused():
@@ -137,48 +152,42 @@ def nss():
     worker.close()
 
 
-def root_tree() -> dict[int, Process]:
-    """TREE as root's login sessions, so NSS names the account (root, uid 0)."""
-    return {pid: Process(p.pid, p.ppid, p.start, p.session, 0 if p.loginuid == UID else p.loginuid)
-            for pid, p in TREE.items()}
-
-
 def test_records_grant_in_their_session_and_end_on_forget(nss):
-    clock, tree = FakeClock(), root_tree()
+    clock, tree = FakeClock(), dict(TREE)
     graces = Graces(clock, 60, tree_read(tree))
-    graces.record("root", 210)
-    assert asyncio.run(graces.grants("root", 203, 60, nss))
-    assert not asyncio.run(graces.grants("root", 303, 60, nss))
-    assert not asyncio.run(graces.grants("root", 203, 0, nss))
-    assert graces.active("root") == (1, 1060.0)
-    graces.forget("root")
-    assert not asyncio.run(graces.grants("root", 203, 60, nss))
-    assert graces.active("root") == (0, 0.0)
+    graces.record("nobody", 210)
+    assert asyncio.run(graces.grants("nobody", 203, 60, nss))
+    assert not asyncio.run(graces.grants("nobody", 303, 60, nss))
+    assert not asyncio.run(graces.grants("nobody", 203, 0, nss))
+    assert graces.active("nobody") == (1, 1060.0)
+    graces.forget("nobody")
+    assert not asyncio.run(graces.grants("nobody", 203, 60, nss))
+    assert graces.active("nobody") == (0, 0.0)
 
 
 def test_a_grace_answer_does_not_extend_the_grace(nss):
-    clock, tree = FakeClock(), root_tree()
+    clock, tree = FakeClock(), dict(TREE)
     graces = Graces(clock, 60, tree_read(tree))
-    graces.record("root", 203)
+    graces.record("nobody", 203)
     clock.now = 1050.0
-    assert asyncio.run(graces.grants("root", 203, 60, nss))
+    assert asyncio.run(graces.grants("nobody", 203, 60, nss))
     clock.now = 1061.0
-    assert not asyncio.run(graces.grants("root", 203, 60, nss))
-    assert graces.active("root") == (0, 0.0)
+    assert not asyncio.run(graces.grants("nobody", 203, 60, nss))
+    assert graces.active("nobody") == (0, 0.0)
 
 
 def test_nothing_is_recorded_while_every_grace_is_off(nss):
-    graces = Graces(FakeClock(), 0, tree_read(root_tree()))
-    graces.record("root", 210)
-    assert graces.active("root") == (0, 0.0)
+    graces = Graces(FakeClock(), 0, tree_read(TREE))
+    graces.record("nobody", 210)
+    assert graces.active("nobody") == (0, 0.0)
 
 
 def test_a_grace_whose_session_ended_is_not_shown_as_active(nss):
-    tree = root_tree()
+    tree = dict(TREE)
     graces = Graces(FakeClock(), 60, tree_read(tree))
-    graces.record("root", 203)
+    graces.record("nobody", 203)
     del tree[200]
-    assert graces.active("root") == (0, 0.0)
+    assert graces.active("nobody") == (0, 0.0)
 
 
 # -- real processes in real audit sessions (root writes a fresh loginuid) -----------
@@ -246,21 +255,26 @@ print(reply.status)
 """
 
 
+# How a request's process runs inside the session: root as sshd authenticates, a
+# set-uid root program the account started (sudo), or the account itself.
+AS_ROOT: list[str] = []
+AS_SUDO = ["setpriv", f"--ruid={NOBODY}"]
+AS_USER = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+
+
 class AuditSession:
     """A process that opened an audit session for `loginuid`, running requests from its
-    children (as sudo runs inside a login session), as root or as another uid."""
+    children (as sudo runs inside a login session)."""
 
     def __init__(self, daemon, loginuid: int) -> None:
         self.daemon = daemon
         self.leader = subprocess.Popen([sys.executable, "-c", IN_SESSION, str(loginuid)], stdin=subprocess.PIPE,
                                        stdout=subprocess.PIPE, text=True)
 
-    def call(self, uid: int, verb: str, **fields: str) -> str:
+    def call(self, how: list[str], verb: str, **fields: str) -> str:
         package = self.daemon._public_package()  # readable by any uid
-        argv = [SYSTEM_PYTHON, "-c", f"import sys; sys.path.insert(0, {str(package)!r})\n" + CALL,
+        argv = [*how, SYSTEM_PYTHON, "-c", f"import sys; sys.path.insert(0, {str(package)!r})\n" + CALL,
                 self.daemon.socket_path, verb, json.dumps(fields)]
-        if uid:
-            argv = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *argv]
         assert self.leader.stdin and self.leader.stdout
         self.leader.stdin.write(json.dumps(argv) + "\n")
         self.leader.stdin.flush()
@@ -272,16 +286,17 @@ class AuditSession:
         self.leader.communicate("")
 
 
-def test_only_roots_pam_requests_in_the_session_start_or_use_a_grace(make_daemon):
+def test_only_roots_pam_requests_in_the_session_start_a_grace_and_only_sudo_uses_it(make_daemon):
     daemon = make_daemon(check_accounts=True, sudo_grace=300)
     totp = pyotp.TOTP(daemon.enroll("nobody"))
     session = AuditSession(daemon, NOBODY)
     try:
-        assert session.call(NOBODY, "verify", user="nobody", code=totp.now(), service="sshd") == "ACCEPTED"
-        assert session.call(0, "check", user="nobody", service="sudo") == "NEED_CODE"  # a user's own verify starts none
-        assert session.call(0, "verify", user="nobody", code=totp.at(time.time() + 30), service="sshd") == "ACCEPTED"
-        assert session.call(0, "check", user="nobody", service="sudo") == "ACCEPTED"
-        assert session.call(NOBODY, "check", user="nobody", service="sudo") == "NEED_CODE"  # nor uses one
+        assert session.call(AS_USER, "verify", user="nobody", code=totp.now(), service="sshd") == "ACCEPTED"
+        assert session.call(AS_SUDO, "check", user="nobody", service="sudo") == "NEED_CODE"  # a user's own verify starts none
+        assert session.call(AS_ROOT, "verify", user="nobody", code=totp.at(time.time() + 30), service="sshd") == "ACCEPTED"
+        assert session.call(AS_SUDO, "check", user="nobody", service="sudo") == "ACCEPTED"
+        assert session.call(AS_USER, "check", user="nobody", service="sudo") == "NEED_CODE"  # not the PAM module
+        assert session.call(AS_ROOT, "check", user="nobody", service="sshd") == "NEED_CODE"  # a login, not sudo
         assert wire.request(daemon.socket_path, "check", user="nobody", service="sudo").status == "NEED_CODE"
     finally:
         session.close()

@@ -6,6 +6,8 @@ children inherit, that an unprivileged process cannot change, and that is never
 reused until reboot. A session is named by its *anchor*: the topmost ancestor of a
 process with the same session id (for SSH, the per-connection `sshd: USER [priv]`
 monitor that opened the session), as (pid, start time) so a reused pid never matches.
+Only a set-uid program the account itself started (its real uid: sudo) gets a grace,
+never a process that authenticates a new login as root (sshd, login).
 
 This module owns reading those facts from /proc, the anchor, the pure decision
 (`granted`) and the records, kept in memory only: a restart forgets every grace.
@@ -39,6 +41,7 @@ class Process:
     start: int  # /proc/PID/stat field 22
     session: int  # /proc/PID/sessionid; UNSET outside a login session
     loginuid: int  # /proc/PID/loginuid; UNSET outside a login session
+    uid: int  # the real uid (/proc/PID/status): who started a set-uid sudo
 
     @property
     def anchor(self) -> Anchor:
@@ -56,10 +59,12 @@ def read_process(pid: int, proc: str = "/proc") -> Process | None:
             session = int(handle.read())
         with open(f"{proc}/{pid}/loginuid", encoding="ascii") as handle:
             loginuid = int(handle.read())
+        with open(f"{proc}/{pid}/status", encoding="utf-8", errors="replace") as handle:
+            uid = int(next(line for line in handle if line.startswith("Uid:")).split()[1])
         # The command name (field 2) may hold spaces and parentheses: count from the last ')'.
         fields = stat[stat.rindex(")") + 2:].split()
-        return Process(pid, int(fields[1]), int(fields[19]), session, loginuid)
-    except (OSError, ValueError, IndexError):
+        return Process(pid, int(fields[1]), int(fields[19]), session, loginuid, uid)
+    except (OSError, ValueError, IndexError, StopIteration):
         return None
 
 
@@ -108,12 +113,13 @@ class Grace:
 def granted(
     seconds: int, graces: Sequence[Grace], caller: Process | None, anchor: Anchor | None, uid: int | None, now: float
 ) -> bool:
-    """May this PAM caller skip the code? Only a process of a login session of the account
-    itself (its loginuid), whose session's anchor one of the account's graces names, within
-    `seconds` of that grace's code. Anything unknown refuses."""
-    if seconds <= 0 or caller is None or anchor is None or uid is None:
+    """May this PAM caller skip the code? Only a set-uid program the account started itself
+    (its real uid: sudo, never sshd or login, which authenticate as root) in a login
+    session of the account (its loginuid), whose anchor one of the account's graces names,
+    within `seconds` of that grace's code; never for root's account. Anything unknown refuses."""
+    if seconds <= 0 or caller is None or anchor is None or uid is None or uid == 0:
         return False
-    if caller.session == UNSET or caller.loginuid != uid:
+    if caller.session == UNSET or caller.loginuid != uid or caller.uid != uid:
         return False
     return any(anchor in grace.anchors and 0 <= now - grace.accepted_at <= seconds for grace in graces)
 

@@ -62,6 +62,8 @@ def test_totpctl_status_shows_the_grace_while_its_session_lasts(make_totp):
         assert session.result.authenticated, session.result.error
         shown = status(setup)
         assert shown["sudo_graces"] == 1 and time.time() + 250 < shown["sudo_grace_until"] <= time.time() + 300  # type: ignore[operator]
+        text = setup.host.run(entry_point_argv("totpd.cli:main", "--socket", setup.socket, "status", setup.host.user))
+        assert "sudo grace:      1 session(s), the newest until " in text.stdout, text.stdout
     deadline = time.monotonic() + 10  # sshd's monitor exits just after the client hangs up
     while status(setup)["sudo_graces"] != 0:
         assert time.monotonic() < deadline, "the grace outlived its SSH session"
