@@ -39,6 +39,8 @@ TREE = {
     300: Process(300, 100, 9500, 8, UID, 0),
     303: Process(303, 300, 9600, 8, UID, UID),
 }
+# The same while [pam] authenticates: the monitor has not opened the session yet.
+AT_LOGIN = {**TREE, 200: Process(200, 100, 9000, UNSET, UNSET, 0)}
 
 
 def tree_read(tree: dict[int, Process]):
@@ -63,7 +65,14 @@ def test_an_unreadable_process_or_ancestor_has_no_anchor():
 
 
 def test_a_code_accepted_before_the_session_binds_to_the_authenticating_process_and_its_parent():
-    assert candidates(210, tree_read(TREE)) == ((210, 8900), (200, 9000))
+    assert candidates(210, tree_read(AT_LOGIN)) == ((210, 8900), (200, 9000))
+    assert candidates(210, tree_read(TREE)) == ((210, 8900),)  # a parent in a session opens no other
+
+
+def test_init_is_never_a_candidate_anchor():
+    # `login` authenticates in the process getty became, a child of init.
+    tree = {**TREE, 400: Process(400, 1, 9800, UNSET, UNSET, 0)}
+    assert candidates(400, tree_read(tree)) == ((400, 9800),)
 
 
 def test_a_code_accepted_inside_a_session_binds_to_that_sessions_anchor():
@@ -71,7 +80,7 @@ def test_a_code_accepted_inside_a_session_binds_to_that_sessions_anchor():
 
 
 def test_sudo_in_the_same_session_inside_the_grace_is_granted():
-    graces = [Grace(candidates(210, tree_read(TREE)), 1000.0)]
+    graces = [Grace(candidates(210, tree_read(AT_LOGIN)), 1000.0)]
     assert granted(60, graces, TREE[203], anchor_of(203, tree_read(TREE)), UID, 1060.0)
 
 
@@ -153,9 +162,10 @@ def nss():
 
 
 def test_records_grant_in_their_session_and_end_on_forget(nss):
-    clock, tree = FakeClock(), dict(TREE)
+    clock, tree = FakeClock(), dict(AT_LOGIN)
     graces = Graces(clock, 60, tree_read(tree))
     graces.record("nobody", 210)
+    tree.update(TREE)  # the login went on: its monitor opened the session
     assert asyncio.run(graces.grants("nobody", 203, 60, nss))
     assert not asyncio.run(graces.grants("nobody", 303, 60, nss))
     assert not asyncio.run(graces.grants("nobody", 203, 0, nss))
@@ -176,8 +186,20 @@ def test_a_grace_answer_does_not_extend_the_grace(nss):
     assert graces.active("nobody") == (0, 0.0)
 
 
+def test_an_account_keeps_its_newest_graces_only(nss):
+    clock = FakeClock()
+    tree = {**TREE, **{pid: Process(pid, 1, pid, UNSET, UNSET, 0) for pid in range(1000, 1000 + Graces.MAX_PER_ACCOUNT)}}
+    graces = Graces(clock, 60, tree_read(tree))
+    graces.record("nobody", 203)
+    for pid in range(1000, 1000 + Graces.MAX_PER_ACCOUNT):
+        clock.now += 0.01
+        graces.record("nobody", pid)
+    assert graces.active("nobody")[0] == Graces.MAX_PER_ACCOUNT  # the oldest, 203's session, went
+    assert not asyncio.run(graces.grants("nobody", 203, 60, nss))
+
+
 def test_nothing_is_recorded_while_every_grace_is_off(nss):
-    graces = Graces(FakeClock(), 0, tree_read(TREE))
+    graces = Graces(FakeClock(), 0, tree_read(AT_LOGIN))
     graces.record("nobody", 210)
     assert graces.active("nobody") == (0, 0.0)
 

@@ -99,7 +99,10 @@ def candidates(pid: int, read: Callable[[int], Process | None] = read_process) -
         anchor = anchor_of(pid, read)
         return (anchor,) if anchor is not None else ()
     parent = read(process.ppid)
-    return (process.anchor,) + ((parent.anchor,) if parent is not None else ())
+    # Only a parent that is no session's yet may open this one, and never init itself.
+    if parent is None or parent.session != UNSET or parent.pid == 1:
+        return (process.anchor,)
+    return (process.anchor, parent.anchor)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +135,8 @@ def longest(config: Config) -> int:
 class Graces:
     """Every account's graces, in memory. Off (records nothing) where no service has a grace."""
 
-    MAX_ENTRIES = 100_000
+    MAX_ACCOUNTS = 100_000
+    MAX_PER_ACCOUNT = 64  # sessions with a grace at once; the oldest goes first
 
     def __init__(
         self, clock: Callable[[], float], longest: int, read: Callable[[int], Process | None] = read_process
@@ -160,28 +164,27 @@ class Graces:
             self._hidden(pid)
             return
         now = self._clock()
-        if sum(len(graces) for graces in self._by_user.values()) >= self.MAX_ENTRIES:
+        if user not in self._by_user and len(self._by_user) >= self.MAX_ACCOUNTS:
             for name in list(self._by_user):
                 self._current(name, now)
-            if sum(len(graces) for graces in self._by_user.values()) >= self.MAX_ENTRIES:
+            if len(self._by_user) >= self.MAX_ACCOUNTS:
                 return
         kept = [grace for grace in self._current(user, now) if grace.anchors != anchors]
-        self._by_user[user] = kept + [Grace(anchors, now)]
+        self._by_user[user] = kept[-(self.MAX_PER_ACCOUNT - 1):] + [Grace(anchors, now)]
 
     async def grants(self, user: str, pid: int, seconds: int, nss: Worker) -> bool:
         """Is `user`'s PAM request from process `pid` inside one of its graces of `seconds`?"""
         if seconds <= 0:
             return False
-        now = self._clock()
-        graces = self._current(user, now)
-        if not graces:
+        if not self._current(user, self._clock()):
             return False  # the common case costs no /proc read and no NSS lookup
         caller = self._read(pid)
         if caller is None:
             self._hidden(pid)
         anchor = anchor_of(pid, self._read) if caller is not None else None
         entry = await nss.run(identity.lookup, user)
-        return granted(seconds, graces, caller, anchor, entry.pw_uid if entry is not None else None, now)
+        now = self._clock()  # after the lookup: a failure meanwhile has ended the graces
+        return granted(seconds, self._current(user, now), caller, anchor, entry.pw_uid if entry else None, now)
 
     def forget(self, user: str) -> None:
         """Every grace of the account ends (a failure, a reset, a lock, an unlock)."""
