@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from typing import Callable, Sequence
 
 from . import identity
@@ -53,19 +54,25 @@ def read_process(pid: int, proc: str = "/proc") -> Process | None:
     if pid <= 0:
         return None
     try:
-        with open(f"{proc}/{pid}/stat", encoding="ascii", errors="replace") as handle:
-            stat = handle.read()
-        with open(f"{proc}/{pid}/sessionid", encoding="ascii") as handle:
-            session = int(handle.read())
-        with open(f"{proc}/{pid}/loginuid", encoding="ascii") as handle:
-            loginuid = int(handle.read())
-        with open(f"{proc}/{pid}/status", encoding="utf-8", errors="replace") as handle:
-            uid = int(next(line for line in handle if line.startswith("Uid:")).split()[1])
+        stat = _read(f"{proc}/{pid}/stat")
+        session = int(_read(f"{proc}/{pid}/sessionid"))
+        loginuid = int(_read(f"{proc}/{pid}/loginuid"))
+        status = _read(f"{proc}/{pid}/status")
+        uid = int(status[status.index(b"\nUid:") + 5:].split()[0])
         # The command name (field 2) may hold spaces and parentheses: count from the last ')'.
-        fields = stat[stat.rindex(")") + 2:].split()
+        fields = stat[stat.rindex(b")") + 2:].split()
         return Process(pid, int(fields[1]), int(fields[19]), session, loginuid, uid)
-    except (OSError, ValueError, IndexError, StopIteration):
+    except (OSError, ValueError, IndexError):
         return None
+
+
+def _read(path: str) -> bytes:
+    """A small /proc file whole, in one read (its text is made in one go by the kernel)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, 4096)
+    finally:
+        os.close(fd)
 
 
 def anchor_of(pid: int, read: Callable[[int], Process | None] = read_process) -> Anchor | None:
