@@ -84,6 +84,7 @@ install-files: pam man
 	install -m 0644 packaging/pam.d/sshd packaging/pam.d/sudo $(DESTDIR)$(DOCDIR)/examples/pam.d/
 	install -m 0644 packaging/ssh/totpd.conf $(DESTDIR)$(DOCDIR)/examples/ssh/totpd.conf
 	install -m 0644 packaging/systemd/totpd-network.conf $(DESTDIR)$(DOCDIR)/examples/systemd/totpd-network.conf
+	install -m 0644 packaging/systemd/totpd-grace.conf $(DESTDIR)$(DOCDIR)/examples/systemd/totpd-grace.conf
 	# The configuration is the admin's: never overwrite one that is there.
 	install -d -m 0750 $(DESTDIR)$(SYSCONFDIR)/totpd
 	[ -e $(DESTDIR)$(SYSCONFDIR)/totpd/totpd.conf ] || \

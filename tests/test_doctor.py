@@ -386,3 +386,43 @@ def test_enroll_at_login_with_a_keyboard_interactive_only_sshd_is_an_error_in_na
         report = _result(doctor_in_namespace(pam_dir, "--config", str(workdir / "totpd.conf"), "--sshd-config", str(config),
                                              "--service", "sshd"))
         assert ("sshd.enroll_without_first_factor" in _by_severity(report, "error")) == flagged, report
+
+
+# -- sudo_grace: where the session binding cannot hold ---------------------------------
+
+SHIPPED_UNIT = Path(__file__).resolve().parent.parent / "packaging" / "systemd" / "totpd.service"
+GRACE_DROPIN = SHIPPED_UNIT.with_name("totpd-grace.conf")
+
+
+def grace_ids(tmp_path: Path, config: str, sshd: str, dropin: bool = False) -> set[str]:
+    root = make_root(tmp_path, None)
+    (root / "etc" / "pam.d" / "sshd").write_text(sshd)
+    units = root / "usr" / "lib" / "systemd" / "system"
+    units.mkdir(parents=True)
+    (units / "totpd.service").write_text(SHIPPED_UNIT.read_text())
+    if dropin:
+        (root / "etc" / "systemd" / "system" / "totpd.service.d").mkdir(parents=True)
+        (root / "etc" / "systemd" / "system" / "totpd.service.d" / "grace.conf").write_text(GRACE_DROPIN.read_text())
+    (tmp_path / "totpd.conf").write_text(config)
+    options = doctor.Options(config_path=str(tmp_path / "totpd.conf"), root=str(root), checks=("grace",))
+    return {finding.id for finding in doctor.run(options) if finding.severity == "warn" or finding.id == "grace.ok"}
+
+
+LOGIN_SSHD = "auth required pam_totpd.so\nsession required pam_loginuid.so\nsession required pam_unix.so\n"
+
+
+def test_doctor_is_silent_about_sudo_grace_while_it_is_off(tmp_path: Path) -> None:
+    assert grace_ids(tmp_path, "", "auth required pam_totpd.so\n") == set()
+
+
+def test_doctor_warns_that_the_shipped_unit_hides_sudo_from_the_daemon_until_the_grace_drop_in(tmp_path: Path) -> None:
+    assert grace_ids(tmp_path, "[services.sudo]\nsudo_grace = 300\n", LOGIN_SSHD) == {"grace.protect_proc"}
+
+
+def test_doctor_finds_sudo_grace_can_hold_with_the_drop_in_and_pam_loginuid(tmp_path: Path) -> None:
+    assert grace_ids(tmp_path, "sudo_grace = 300\n", LOGIN_SSHD, dropin=True) == {"grace.ok"}
+
+
+def test_doctor_warns_when_sshd_opens_no_audit_session(tmp_path: Path) -> None:
+    sshd = "auth required pam_totpd.so\nsession required pam_unix.so\n"
+    assert grace_ids(tmp_path, "sudo_grace = 300\n", sshd, dropin=True) == {"grace.sshd.no_loginuid"}

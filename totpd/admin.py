@@ -11,8 +11,7 @@ from typing import Callable
 from . import clock, decisions, otp
 from .authorization import Caller
 from .errors import ProtocolError
-from .handling import Events, Gate, int_field, reply
-from .policy import RememberedHosts
+from .handling import Earned, Events, Gate, int_field, reply
 from .protocol import MAX_LIST_LIMIT, MAX_REPLY_PAYLOAD, Reply, Request
 from .store import Account, Batcher, Reader, Transaction
 
@@ -23,7 +22,7 @@ LIST_REPLY_BUDGET = MAX_REPLY_PAYLOAD - 1024  # room for the status line and the
 class Admin:
     store: Batcher
     gate: Gate
-    remembered: RememberedHosts
+    earned: Earned
     events: Events
     clock: Callable[[], float]
 
@@ -39,8 +38,10 @@ class Admin:
         if account is None:
             return reply("NOT_ENROLLED", f"account '{user}' is not enrolled")
         synced = clock.synchronized()
+        graces, grace_until = self.earned.graces.active(user)
         return reply(
-            "OK", **describe(account, left, self.clock()), clock_synchronized="unknown" if synced is None else int(synced)
+            "OK", **describe(account, left, self.clock()), clock_synchronized="unknown" if synced is None else int(synced),
+            sudo_graces=graces, sudo_grace_until=int(grace_until),
         )
 
     async def list_accounts(self, request: Request, caller: Caller) -> Reply:
@@ -74,7 +75,7 @@ class Admin:
         self.gate.record(request, caller, "reset", "done" if deleted else "not_enrolled", level="warning")
         if not deleted:
             return reply("NOT_ENROLLED", f"account '{request.user}' is not enrolled")
-        self.remembered.forget(request.user)
+        self.earned.forget(request.user)
         self.events.emit("reset", user=request.user)
         return reply("OK")
 
@@ -93,6 +94,7 @@ class Admin:
         self.gate.record(request, caller, "unlock", "done" if done else "not_enrolled")
         if not done:
             return reply("NOT_ENROLLED", f"account '{user}' is not enrolled")
+        self.earned.forget(user)
         self.events.emit("unlocked", user=user)
         return reply("OK")
 

@@ -14,8 +14,7 @@ from . import identity, otp, recovery
 from .authorization import Caller
 from .config import Config
 from .errors import ProtocolError
-from .handling import Gate, replay_floor, reply, request_params, token_fields
-from .policy import RememberedHosts
+from .handling import Earned, Gate, replay_floor, reply, request_params, token_fields
 from .protocol import Reply, Request
 from .sealing import Sealer, secret_context
 from .store import Batcher, Transaction
@@ -60,7 +59,7 @@ class BulkImport:
     argon2: Worker
     nss: Worker
     gate: Gate
-    remembered: RememberedHosts
+    earned: Earned
     clock: Callable[[], float]
 
     async def import_add(self, request: Request, caller: Caller, session: Session | None) -> Reply:
@@ -147,7 +146,7 @@ class BulkImport:
         created, replaced, skipped = await self.store.submit(commit)  # type: ignore[misc]
         if not dry_run:
             for user in created + replaced:
-                self.remembered.forget(user)
+                self.earned.forget(user)
                 self.gate.audit.record("import", "active", user=user, uid=caller.uid)
         self.gate.record(
             request, caller, "import", "dry_run" if dry_run else "committed",

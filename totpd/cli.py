@@ -269,6 +269,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"tokens:          {fields['tokens']} (totpctl token list {user})")
     print(f"enrolled:        {_when(fields.get('created', ''))}")
     print(f"confirmed:       {_when(fields.get('confirmed', ''))}")
+    if fields.get("sudo_graces", "0") not in ("0", ""):
+        print(f"sudo grace:      {fields['sudo_graces']} session(s), the newest until {_when(fields['sudo_grace_until'])}")
     synced = fields.get("clock_synchronized", "unknown")
     clock_text = {"1": "synchronized", "0": "NOT synchronized: codes may be refused; start an NTP client"}
     print(f"host clock:      {clock_text.get(synced, 'unknown')}")

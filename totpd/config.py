@@ -43,6 +43,7 @@ class Config:
     remember_host: int = 0
     trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     enroll_at_login: bool = False
+    sudo_grace: int = 0  # docs/pam.md "sudo inside a session": totpd/grace.py
     enroll_at_login_timeout: int = 600
     services: dict[str, "ServicePolicy"] = dataclasses.field(default_factory=dict)
     smtp: "SmtpConfig | None" = None
@@ -85,6 +86,7 @@ class ServicePolicy:
     remember_host: int | None = None
     trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None = None
     enroll_at_login: bool | None = None
+    sudo_grace: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -300,6 +302,7 @@ _KEYS: dict[str, Callable[[Any], Any]] = {
     "trusted_networks": _networks,
     "enroll_at_login": _boolean,
     "enroll_at_login_timeout": _int_range(60, 86400),
+    "sudo_grace": _seconds,
     "services": _services,
     "smtp": _smtp,
     "window": _int_range(0, 10),
@@ -326,7 +329,7 @@ _KEYS: dict[str, Callable[[Any], Any]] = {
 
 _SERVICE_KEYS = (
     "required_users", "required_groups", "exempt_users", "exempt_groups", "unenrolled", "allow_until", "remember_host",
-    "trusted_networks", "enroll_at_login",
+    "trusted_networks", "enroll_at_login", "sudo_grace",
 )
 
 

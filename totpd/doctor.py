@@ -26,7 +26,7 @@ import sys
 import time
 from typing import Callable, Iterable
 
-from . import __version__, clock, config as config_module, hostclock, pamstack
+from . import __version__, clock, config as config_module, grace, hostclock, pamstack
 from .client import Client
 from .errors import CannotRun, ClientError, ConfigError
 from .audit import quote
@@ -39,7 +39,7 @@ EXIT_CLEAN, EXIT_ERRORS, EXIT_CANNOT_RUN = 0, 1, 2
 SERVICES = ("sshd", "sudo")
 SSHD = "/usr/sbin/sshd"
 NO_LOGIN_SHELLS = ("nologin", "false", "sync", "shutdown", "halt")
-CHECKS = ("config", "pam", "sshd", "daemon", "files", "clock", "accounts")
+CHECKS = ("config", "pam", "sshd", "daemon", "files", "clock", "accounts", "grace")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -478,6 +478,89 @@ def _kernel_clock() -> list[Finding]:
                  "start an NTP client (chrony, systemd-timesyncd)")]
 
 
+# -- sudo_grace ------------------------------------------------------------------------
+
+UNIT = "totpd.service"
+UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/usr/lib/systemd/system", "/lib/systemd/system")
+HIDING = ("invisible", "noaccess", "ptraceable")  # ProtectProc= values that hide root's processes from totpd
+
+
+def check_grace(ctx: Context) -> list[Finding]:
+    """Can the binding of docs/pam.md "sudo inside a session" hold on this host?"""
+    if ctx.config is None or grace.longest(ctx.config) <= 0:
+        return [ok("grace.off", "sudo_grace: off")]
+    findings: list[Finding] = []
+    refused = "every sudo asks for a code (the grace is refused)"
+    if not os.path.exists("/proc/self/sessionid"):
+        findings.append(warn("grace.no_audit_sessions", f"this kernel has no audit session ids (/proc/PID/sessionid): {refused}",
+                             "use a kernel built with CONFIG_AUDITSYSCALL (Debian's is), or set sudo_grace = 0"))
+    sessions = pamstack.Reader(ctx.options.root).stack("sshd", kind="session")
+    if sessions.path and not any(line.module_name == "pam_loginuid.so" for line in sessions.lines):
+        findings.append(warn("grace.sshd.no_loginuid", f"{sessions.path} opens no audit session (pam_loginuid.so): "
+                             f"{refused} inside SSH sessions",
+                             f"add 'session required pam_loginuid.so' before the other session lines of {sessions.path}"))
+    protect = _unit_setting(ctx.options.root, UNIT, "ProtectProc")
+    if protect in HIDING:
+        findings.append(warn("grace.protect_proc", f"{UNIT} has ProtectProc={protect}, which hides sudo and sshd from the"
+                             f" daemon: {refused}", "install the drop-in totpd-grace.conf (docs/operations.md)"))
+    if "hidepid" in _proc_mount_options():
+        findings.append(warn("grace.hidepid", f"/proc is mounted with hidepid, which hides sudo and sshd from the daemon: {refused}",
+                             "mount /proc without hidepid, or give the daemon's group the gid= of that mount"))
+    if not findings:
+        findings.append(ok("grace.ok", f"sudo_grace: up to {grace.longest(ctx.config)} s, bound to audit sessions"))
+    return findings + [ok("grace.loginuid_immutable", _loginuid_immutable())]
+
+
+def _unit_setting(root: str, unit: str, key: str) -> str | None:
+    """`key`'s value in the unit as systemd would load it (the unit file, then its
+    drop-ins by name), or None where the unit is not installed or never sets it."""
+    def host(path: str) -> str:
+        return os.path.join(root, path.lstrip("/"))
+
+    main = next((host(f"{d}/{unit}") for d in UNIT_DIRS if os.path.isfile(host(f"{d}/{unit}"))), None)
+    if main is None:
+        return None
+    dropins: dict[str, str] = {}
+    for directory in reversed(UNIT_DIRS):  # a drop-in in /etc masks one of the same name below
+        folder = host(f"{directory}/{unit}.d")
+        for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else ():
+            if name.endswith(".conf"):
+                dropins[name] = os.path.join(folder, name)
+    value = None
+    for path in [main] + [dropins[name] for name in sorted(dropins)]:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                name, equals, rest = line.strip().partition("=")
+                if equals and name.strip() == key:
+                    value = rest.strip() or None  # an empty assignment resets to the default
+    return value
+
+
+def _proc_mount_options() -> str:
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8") as handle:
+            for line in handle:
+                fields = line.split()
+                if fields[4] == "/proc":
+                    return fields[-1]
+    except OSError:
+        pass
+    return ""
+
+
+def _loginuid_immutable() -> str:
+    """What auditctl says of loginuid_immutable (informational: unprivileged processes
+    cannot change their loginuid either way)."""
+    auditctl = shutil.which("auditctl")
+    if auditctl is None:
+        return "loginuid_immutable: unknown (auditctl not installed); only root can change a loginuid anyway"
+    done = subprocess.run([auditctl, "-s"], capture_output=True, text=True, timeout=10)
+    for line in done.stdout.splitlines():
+        if line.startswith("loginuid_immutable"):
+            return line.strip()
+    return "loginuid_immutable: unknown (auditctl -s did not say)"
+
+
 # -- accounts --------------------------------------------------------------------------
 
 
@@ -560,6 +643,7 @@ _RUNNERS: dict[str, Callable[[Context], list[Finding]]] = {
     "files": check_files,
     "clock": check_clock,
     "accounts": check_accounts,
+    "grace": check_grace,
 }
 
 

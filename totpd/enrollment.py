@@ -15,9 +15,8 @@ from . import otp, recovery
 from .authorization import Caller
 from .config import Config
 from .errors import ProtocolError
-from .handling import Directory, Events, Gate, replay_floor, reply, request_params, token_fields
+from .handling import Earned, Directory, Events, Gate, replay_floor, reply, request_params, token_fields
 from .judging import FirstCode, Judge
-from .policy import RememberedHosts
 from .protocol import Reply, Request
 from .sealing import Sealer, secret_context
 from .store import Account, Batcher, Transaction
@@ -33,7 +32,7 @@ class Enrollment:
     judge: Judge
     gate: Gate
     directory: Directory
-    remembered: RememberedHosts
+    earned: Earned
     events: Events
     clock: Callable[[], float]
 
@@ -117,7 +116,7 @@ class Enrollment:
                     tx.replace_recovery_codes(user, hashes)
 
         await self.store.submit(write)
-        self.remembered.forget(user)
+        self.earned.forget(user)
         gate.record(request, caller, event, "active" if activate else "pending", token=name)
         if activate:
             self.events.emit("enrolled", user=user)

@@ -18,7 +18,8 @@ from .audit import Audit
 from .authorization import Authority, Caller, is_pam
 from .config import Config
 from .errors import ProtocolError
-from .policy import Outcome, Policy, Rules, local_today
+from .grace import Graces
+from .policy import Outcome, Policy, RememberedHosts, Rules, local_today
 from .protocol import DEFAULT_TOKEN, MAX_MESSAGE, TOKEN_NAME, TOKEN_TYPES, Reply, Request
 from .sealing import Sealer, secret_context
 from .store import Account, Token
@@ -184,3 +185,17 @@ class Directory:
         if complete:
             self._rules_resolved[rules] = resolved
         return resolved
+
+
+class Earned:
+    """What an account's good codes earned it beyond the login itself: remembered hosts
+    and sudo graces. One rule ends both: any failure or lock of the account, an unlock,
+    a reset, and any change of its tokens."""
+
+    def __init__(self, hosts: RememberedHosts, graces: Graces) -> None:
+        self.hosts = hosts
+        self.graces = graces
+
+    def forget(self, user: str) -> None:
+        self.hosts.forget(user)
+        self.graces.forget(user)

@@ -5,8 +5,9 @@ socket and over D-Bus alike.
 `Judge.judge` reads the account in one store transaction, lifts a timed lock that ran
 out, judges the attempt (the pure functions of decisions.py), counts a failure and
 locks, and returns the verdict, committed before anyone hears of it. `Judge.follow`
-is what follows: remembered hosts, the events, the audit line and the reply. Neither
-is written anywhere else, so a lockout is announced whichever door reached it.
+is what follows: remembered hosts and sudo graces, the events, the audit line and the
+reply. Neither is written anywhere else, so a lockout is announced whichever door
+reached it.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from .audit import quote
 from .authorization import Caller, is_pam
 from .config import Config
 from .decisions import Verdict
-from .handling import Events, Gate, door_of, params_of, replay_floor, reply
+from .handling import Earned, Events, Gate, door_of, params_of, replay_floor, reply
 from .hostclock import HostClock
-from .policy import Policy, RememberedHosts
+from .policy import Policy
 from .protocol import DEFAULT_TOKEN, Reply, Request
 from .sealing import Sealer, secret_context
 from .store import Account, Batcher, Token, Transaction
@@ -195,7 +196,7 @@ class Judge:
     argon2: Worker
     gate: Gate
     policy: Policy
-    remembered: RememberedHosts
+    earned: Earned
     events: Events
     host_clock: HostClock
 
@@ -291,16 +292,17 @@ class Judge:
     # -- what follows it ------------------------------------------------------------------------
 
     def follow(self, request: Request, caller: Caller, judged: Judged, now: float, success: Reply | None = None) -> Reply:
-        """What follows a verdict: remembered hosts, events, the audit lines, and the reply
+        """What follows a verdict: remembered hosts and graces, events, the audit lines, and the reply
         (`success`, where the door has its own, for a verdict that lets the code through)."""
         user, verdict, door = request.user, judged.verdict, request.verb
         service, rhost = request.get("service"), request.get("rhost")
         if verdict in SUCCESSES and door == "verify" and is_pam(caller):
-            self.remembered.remember(user, service, rhost, self.policy.rules(service).remember_host)
+            self.earned.hosts.remember(user, service, rhost, self.policy.rules(service).remember_host)
+            self.earned.graces.record(user, caller.pid)
         elif verdict in FAILURES:
             self.forget_on_failure(user)
         if verdict is Verdict.CONFIRMED:
-            self.remembered.forget(user)  # a new token: every host proves itself again
+            self.earned.forget(user)  # a new token: every host proves itself again
             self.events.emit("enrolled", user=user, service=service, rhost=rhost)
         elif verdict is Verdict.RECOVERY_ACCEPTED:
             self.events.emit("recovery_code_used", user=user, service=service, rhost=rhost)
@@ -326,8 +328,8 @@ class Judge:
         return reply(status, message.format(user=user, token=judged.name))
 
     def forget_on_failure(self, user: str) -> None:
-        """What any failure or lock of an account ends: its remembered hosts."""
-        self.remembered.forget(user)
+        """What any failure or lock of an account ends: its remembered hosts and sudo graces."""
+        self.earned.forget(user)
 
     def _locked_message(self, user: str, judged: Judged, now: float) -> str:
         if judged.verdict is Verdict.NOW_LOCKED:

@@ -13,11 +13,12 @@ from typing import Callable
 from . import decisions
 from .authorization import Caller, is_pam
 from .decisions import Verdict
-from .handling import Directory, Gate, reply
+from .handling import Earned, Directory, Gate, reply
 from .judging import Code, Judge
-from .policy import Policy, RememberedHosts
+from .policy import Policy
 from .protocol import Reply, Request
 from .store import Account, Batcher
+from .workers import Worker
 
 PROMPT = "Verification code: "
 
@@ -29,7 +30,8 @@ class Login:
     gate: Gate
     directory: Directory
     policy: Policy
-    remembered: RememberedHosts
+    earned: Earned
+    nss: Worker
     clock: Callable[[], float]
 
     async def check(self, request: Request, caller: Caller) -> Reply:
@@ -46,8 +48,12 @@ class Login:
         if decisions.is_locked(account, now):
             self.gate.record(request, caller, "check", "locked")
             return reply("LOCKED", policy.locked_message(user, account.locked, account.locked_until, now))
-        if is_pam(caller) and self.remembered.recalls(user, request.get("service"), request.get("rhost")):
+        if is_pam(caller) and self.earned.hosts.recalls(user, request.get("service"), request.get("rhost")):
             self.gate.record(request, caller, "check", "accepted_remembered_host")
+            return reply("ACCEPTED")
+        grace = policy.rules(request.get("service")).sudo_grace
+        if is_pam(caller) and await self.earned.graces.grants(user, caller.pid, grace, self.nss):
+            self.gate.record(request, caller, "check", "accepted_grace")
             return reply("ACCEPTED")
         return reply("NEED_CODE", prompt=PROMPT)
 

@@ -204,11 +204,12 @@ class Reader:
                 return candidate
         return None
 
-    def stack(self, service: str) -> Stack:
+    def stack(self, service: str, kind: str = "auth") -> Stack:
+        """The service's flattened lines of type `kind` (auth unless asked for session etc.)."""
         path = self.find(service)
         stack = Stack(service=service, path=path or "", lines=[], other_types=[], problems=[])
         if path is not None:
-            self._read(path, stack, depth=0, level=0, only_type="auth")
+            self._read(path, stack, depth=0, level=0, only_type=kind)
         return stack
 
     def _read(self, path: str, stack: Stack, depth: int, level: int, only_type: str) -> None:

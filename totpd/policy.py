@@ -35,6 +35,7 @@ class Rules:
     remember_host: int
     trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     enroll_at_login: bool
+    sudo_grace: int
 
     @property
     def needs_groups(self) -> bool:
@@ -54,6 +55,7 @@ class Policy:
             config.remember_host,
             config.trusted_networks,
             config.enroll_at_login,
+            config.sudo_grace,
         )
         self._by_service = {name: self._merge(override) for name, override in config.services.items()}
 

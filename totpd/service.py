@@ -18,7 +18,7 @@ import logging
 import time
 from typing import Awaitable, Callable
 
-from . import __version__, identity
+from . import __version__, grace, identity
 from .admin import Admin
 from .audit import Audit
 from .authorization import Authority, Caller
@@ -27,8 +27,8 @@ from .config import Config
 from .enroll_login import EnrollAtLogin
 from .enrollment import Enrollment
 from .errors import BusyError, ProtocolError, SealingError, StoreError
+from .handling import Directory, Earned, Events, Gate, reply
 from .hostclock import HostClock
-from .handling import Directory, Events, Gate, reply
 from .judging import Judge
 from .login import Login
 from .policy import Policy, RememberedHosts
@@ -75,21 +75,22 @@ class Service:
         self.nss = Worker("nss", NSS_THREADS, NSS_WAITING)
         self.argon2 = Worker("argon2", ARGON2_THREADS, ARGON2_WAITING)
         self.events = Events()
-        batcher, policy, remembered = Batcher(store), Policy(config), RememberedHosts(clock)
+        batcher, policy = Batcher(store), Policy(config)
+        earned = Earned(RememberedHosts(clock), grace.Graces(clock, grace.longest(config)))
         self.clock, self.host_clock = clock, HostClock(config.host_clock_accounts, config.host_clock_window, audit)
         gate = Gate(Authority(config, self.nss), audit)
         self._gate = gate
         directory = Directory(config, policy, self.nss, clock)
-        judge = Judge(config, batcher, sealer, self.argon2, gate, policy, remembered, self.events, self.host_clock)
-        login = Login(batcher, judge, gate, directory, policy, remembered, clock)
+        judge = Judge(config, batcher, sealer, self.argon2, gate, policy, earned, self.events, self.host_clock)
+        login = Login(batcher, judge, gate, directory, policy, earned, self.nss, clock)
         at_login = EnrollAtLogin(config, batcher, sealer, judge, gate, directory, policy, clock)
         enrollment = Enrollment(
-            config, batcher, sealer, self.argon2, judge, gate, directory, remembered, self.events, clock
+            config, batcher, sealer, self.argon2, judge, gate, directory, earned, self.events, clock
         )
-        tokens = Tokens(batcher, judge, gate, remembered, clock)
-        admin = Admin(batcher, gate, remembered, self.events, clock)
+        tokens = Tokens(batcher, judge, gate, earned, clock)
+        admin = Admin(batcher, gate, earned, self.events, clock)
         recovery_codes = RecoveryCodes(config, batcher, self.argon2, judge, gate, clock)
-        bulk = BulkImport(config, batcher, sealer, self.argon2, self.nss, gate, remembered, clock)
+        bulk = BulkImport(config, batcher, sealer, self.argon2, self.nss, gate, earned, clock)
         plain: dict[str, Callable[[Request, Caller], Awaitable[Reply]]] = {
             "ping": self._ping,
             "check": login.check,

@@ -9,9 +9,8 @@ import json
 from typing import Callable
 
 from .authorization import Caller
-from .handling import Gate, checked_token_name, reply
+from .handling import Earned, Gate, checked_token_name, reply
 from .judging import Judge, Pair
-from .policy import RememberedHosts
 from .protocol import Reply, Request
 from .store import Account, Batcher, Token, Transaction
 
@@ -21,7 +20,7 @@ class Tokens:
     store: Batcher
     judge: Judge
     gate: Gate
-    remembered: RememberedHosts
+    earned: Earned
     clock: Callable[[], float]
 
     async def token_list(self, request: Request, caller: Caller) -> Reply:
@@ -65,7 +64,7 @@ class Tokens:
             return reply(
                 "BAD_REQUEST", f"'{name}' is the last token of account '{user}'; removing it is a reset: totpctl reset {user}"
             )
-        self.remembered.forget(user)
+        self.earned.forget(user)
         return reply("OK")
 
 

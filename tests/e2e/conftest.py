@@ -13,6 +13,7 @@ fails and says what is missing (CI installs everything).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -102,6 +103,25 @@ class RunResult:
     returncode: int
     stdout: str
     stderr: str
+
+
+@dataclasses.dataclass
+class SshSession:
+    """A logged-in SSH connection (LoginHost.ssh_session)."""
+
+    transport: paramiko.Transport
+    result: SshResult
+
+    def run(self, command: str, input: str = "") -> RunResult:
+        """`command` on a new channel of this connection, `input` on its stdin, then EOF."""
+        channel = self.transport.open_session(timeout=10)
+        channel.settimeout(20)
+        channel.exec_command(command)
+        channel.sendall(input.encode())
+        channel.shutdown_write()
+        stdout = channel.makefile("r").read().decode(errors="replace")
+        stderr = channel.makefile_stderr("r").read().decode(errors="replace")
+        return RunResult(channel.recv_exit_status(), stdout, stderr)
 
 
 class LoginHost:
@@ -201,6 +221,17 @@ class LoginHost:
         keyboard-interactive; `answers` are typed at the prompts in order (or
         computed from the prompt text). `source`: the loopback address to connect
         from, which sshd hands PAM as the remote host."""
+        with self.ssh_session(answers, user, use_key, source) as session:
+            if session.result.authenticated:
+                done = session.run(command)
+                session.result.output, session.result.exit_status = done.stdout, done.returncode
+            return session.result
+
+    @contextlib.contextmanager
+    def ssh_session(self, answers: list[str] | Callable[[str], str], user: str | None = None,
+                    use_key: bool = True, source: str = "127.0.0.1") -> Iterator["SshSession"]:
+        """One SSH connection, logged in as `ssh` does and kept open: each `run` on it
+        is a command inside the same login session."""
         user = user or self.user
         result = SshResult(authenticated=False, prompts=[], instructions=[])
         pending = list(answers) if not callable(answers) else []
@@ -233,14 +264,8 @@ class LoginHost:
                 transport.auth_interactive(user, handler)
             except paramiko.AuthenticationException as exc:
                 result.error = str(exc)
-                return result
             result.authenticated = transport.is_authenticated()
-            channel = transport.open_session(timeout=10)
-            channel.settimeout(10)
-            channel.exec_command(command)
-            result.output = channel.makefile("r").read().decode(errors="replace")
-            result.exit_status = channel.recv_exit_status()
-            return result
+            yield SshSession(transport, result)
         finally:
             transport.close()
 
