@@ -82,7 +82,7 @@ class Lifecycle:
         user = request.user
         adding = event == "token_add"
         admin = await ctx.authority.is_admin(caller)
-        if not admin and not (ctx.config.self_enroll and await ctx.authority.is_self(caller, user)):
+        if not admin and not (ctx.config.self_enroll and await ctx.authority.is_self(caller, request)):
             ctx.audit(request, caller, event, "forbidden", level="warning")
             return reply("FORBIDDEN", f"uid {caller.uid} may not {'add tokens to' if adding else 'enroll'} account '{user}'")
         if not await ctx.account_exists(user):
