@@ -35,7 +35,3 @@ class Admission:
         self._held[uid] -= 1
         if not self._held[uid]:
             del self._held[uid]
-
-    def held(self, uid: int) -> int:
-        """How many places `uid` holds now."""
-        return self._held[uid]
