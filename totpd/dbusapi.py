@@ -396,7 +396,8 @@ class Api:
             return reply
         if refusal is not None and reply.status == "FORBIDDEN":
             raise refusal
-        raise CallRefused(ERRORS.get(reply.status, ERROR + "Failed"), reply.message or _default_text(reply.status, fields.get("user", "")))
+        name = ERRORS.get(reply.status, ERROR + "Failed")
+        raise CallRefused(name, reply.message or _default_text(reply.status, fields.get("user", "")))
 
     async def _get_status(self, call: Call) -> tuple[str, list[Any]]:
         reply = await self._handle(call, "status", user=call.msg.body[0], service="dbus")
