@@ -426,7 +426,9 @@ def test_a_confirm_enrollment_looks_its_account_up_in_nss_once(bus, tmp_path, mo
         lookups.clear()
         confirmed = gdbus_as(NOBODY, bus, "ConfirmEnrollment", "nobody", oath_code(uri, time.time()))
         assert confirmed.returncode == 0, confirmed.stderr
-        assert lookups == ["nobody"]
+        # At most one: a short-lived memo of names (identity.py) may answer in its place.
+        assert lookups in ([], ["nobody"]), lookups
+        # And the account was known to be the caller's own: polkit was asked manage-own.
         assert [action for _, action, _ in polkit_checks(bus)] == [OWN, OWN]
     finally:
         totpd.close()
