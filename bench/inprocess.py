@@ -5,7 +5,7 @@
                                         [--dir /dev/shm] [--pyinstrument]
 
 A real Service on a real SQLite store (sealed secrets, the schema, group commit)
-and the daemon's own request path (Daemon.answer: the parse, Service.handle,
+and the daemon's own request path (Server.answer: the parse, Service.handle,
 the batch and its commit, the verdict, the audit line's text, the reply's
 encoding), fed pre-encoded frames with no socket in between: first every account's
 `check`, then its `verify` with a valid fresh code, `--batch` requests per turn of
@@ -43,7 +43,9 @@ sys.path.insert(0, str(REPO))
 from totpd import identity, otp  # noqa: E402
 from totpd.audit import Audit  # noqa: E402
 from totpd.config import Config  # noqa: E402
-from totpd.server import Daemon, eager_tasks  # noqa: E402
+from totpd.admission import Admission  # noqa: E402
+from totpd.daemon import eager_tasks  # noqa: E402
+from totpd.server import Server  # noqa: E402
 from totpd.protocol import HEADER_SIZE, Reply, encode_reply, encode_request  # noqa: E402
 from totpd.sealing import Sealer, load_key  # noqa: E402
 from totpd.sealing import key_check, secret_context  # noqa: E402
@@ -68,7 +70,7 @@ def enroll(store, sealer: Sealer, users: list[str]) -> dict[str, bytes]:
     return secrets
 
 
-async def feed(daemon: Daemon, frames: list[bytes], batch: int, statuses: Counter) -> float:
+async def feed(daemon: Server, frames: list[bytes], batch: int, statuses: Counter) -> float:
     """Answer every frame, `batch` per loop turn; seconds per request."""
 
     def done(reply: Reply) -> None:
@@ -95,9 +97,9 @@ async def measure(args: argparse.Namespace, directory: str) -> int:
     # Audit lines are formatted as in the daemon, then dropped by the log level.
     logging.getLogger("totpd").setLevel(logging.ERROR)
     service = Service(config, store, sealer, Audit(config.audit))
-    daemon = Daemon(config, service)
+    daemon = Server(config, service, Admission(config.max_connections, config.max_connections_per_uid))
     daemon.loop = asyncio.get_running_loop()
-    eager_tasks(daemon.loop)  # as Daemon.serve does
+    eager_tasks(daemon.loop)  # as totpd.daemon.serve does
     rounds: list[tuple[float, float]] = []
     clean = True
 

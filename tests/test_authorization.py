@@ -6,6 +6,7 @@ import asyncio
 
 from totpd.authorization import Authority, Caller, is_pam
 from totpd.config import Config
+from totpd.protocol import Request
 from totpd.workers import Worker
 
 
@@ -37,14 +38,27 @@ def test_the_admin_group_makes_its_members_administrators():
     assert answers(Config(admin_group="root"), ("is_admin", Caller(1, 65534, 65534))) == [False]
 
 
+def status_of(user: str, user_uid: int | None = None) -> Request:
+    return Request("status", {"user": user}, user_uid=user_uid)
+
+
 def test_a_caller_is_itself_only_for_its_own_account_and_never_when_polkit_said_none():
     assert answers(
         Config(),
-        ("is_self", Caller(1, 65534, 65534), "nobody"),
-        ("is_self", Caller(1, 65534, 65534), "root"),
-        ("is_self", Caller(1, 65534, 65534, granted="none"), "nobody"),
-        ("may_act_on", Caller(1, 65534, 65534), "nobody", False),
+        ("is_self", Caller(1, 65534, 65534), status_of("nobody")),
+        ("is_self", Caller(1, 65534, 65534), status_of("root")),
+        ("is_self", Caller(1, 65534, 65534, granted="none"), status_of("nobody")),
+        ("may_act_on", Caller(1, 65534, 65534), status_of("nobody"), False),
     ) == [True, False, False, False]
+
+
+def test_whose_account_a_request_names_is_taken_from_the_identity_step():
+    """The service's identity step resolved the name: no second NSS lookup, whatever the name says."""
+    assert answers(
+        Config(),
+        ("is_self", Caller(1, 65534, 65534), status_of("root", user_uid=65534)),
+        ("is_self", Caller(1, 65534, 65534), status_of("nobody", user_uid=-1)),
+    ) == [True, False]
 
 
 def test_only_root_on_the_socket_is_the_pam_module():

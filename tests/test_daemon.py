@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import os
+import select
 import shutil
 import sqlite3
 import stat
@@ -14,6 +15,7 @@ import pytest
 
 import wire
 from daemonproc import code_at as code
+from totpd.protocol import encode_request
 
 
 # Every test in this file runs twice: on the embedded SQLite store and on PostgreSQL
@@ -107,6 +109,33 @@ def test_nothing_secret_reaches_the_log(daemon):
 def test_sigterm_stops_cleanly_and_removes_the_socket(daemon):
     assert daemon.stop(15) == 0
     assert not os.path.exists(daemon.socket_path)
+    assert "stopped" in daemon.log()
+
+
+def test_sigint_stops_like_sigterm(daemon):
+    assert daemon.stop(2) == 0
+    assert not os.path.exists(daemon.socket_path)
+
+
+def test_start_up_and_shut_down_say_each_step_once_in_order(daemon):
+    assert daemon.stop(15) == 0
+    steps = ["listening on " + daemon.socket_path, "stopping: finishing requests in flight", "stopped"]
+    lines = [line for line in daemon.log().splitlines() if line.startswith("totpd: INFO:")]
+    found = [index for step in steps for index, line in enumerate(lines) if step in line]
+    assert len(found) == len(steps) and found == sorted(found), lines
+
+
+def test_a_request_in_flight_at_sigterm_is_answered_before_the_daemon_stops(make_daemon):
+    daemon = make_daemon(recovery_codes=50)  # fifty argon2 hashes: the answer takes a while
+    with wire.connect(daemon.socket_path, timeout=30) as sock:
+        sock.sendall(encode_request("enroll", {"user": "alice", "activate": "1"}))
+        time.sleep(0.2)
+        assert not select.select([sock], [], [], 0)[0], "answered before the signal: nothing was in flight"
+        daemon.process.send_signal(15)
+        reply = wire.read_reply(sock)
+        assert reply.status == "OK" and len(reply.fields["recovery_codes"].split()) == 50
+        assert wire.closed(sock)  # then the connection is closed
+    assert daemon.process.wait(15) == 0
     assert "stopped" in daemon.log()
 
 

@@ -270,3 +270,47 @@ def test_a_control_character_is_never_encoded_into_a_frame(value):
         encode_request("verify", {"user": "alice", "code": value})
     with pytest.raises(ProtocolError):
         encode_reply(Reply("REJECTED", {"message": value}))
+
+
+@st.composite
+def requests_built_in_the_daemon(draw) -> tuple[str, dict[str, str]]:
+    """A verb and fields as the D-Bus door passes them: often right, sometimes not."""
+    verb = draw(st.sampled_from([*VERBS, "explode", "", "VERIFY", "a" * 33]))
+    required, optional = VERBS.get(verb, (frozenset({"user"}), frozenset()))
+    keys = set(required) if draw(st.integers(0, 3)) else set()
+    keys |= draw(st.sets(st.sampled_from(sorted(required | optional | {"user"})), max_size=8))
+    if not draw(st.integers(0, 3)):  # a key no verb or not this verb takes
+        keys.add(draw(st.one_of(KEYS, st.text(max_size=5).filter(lambda k: "=" not in k and "\n" not in k))))
+    values = st.one_of(
+        SAFE_TEXT, SAFE_TEXT, SAFE_TEXT, st.text(max_size=8), st.just(".."), st.just(""),
+        st.text(alphabet="a\u00e9", min_size=900, max_size=1030),
+    )
+    return verb, {key: draw(values) for key in sorted(keys)}
+
+
+def _read_from_the_wire(verb: str, fields: dict[str, str]) -> Request | None:
+    """The same request sent over the socket: None where the daemon would refuse it."""
+    try:
+        frame = encode_request(verb, fields)
+        if len(frame) - HEADER_SIZE > MAX_REQUEST_PAYLOAD:
+            return None
+        return decode_request(frame[HEADER_SIZE:])
+    except ProtocolError:
+        return None
+
+
+@FAST
+@given(built=requests_built_in_the_daemon())
+def test_a_request_built_in_the_daemon_passes_exactly_the_checks_of_one_read_from_the_wire(built):
+    verb, fields = built
+    try:
+        request = protocol.make_request(verb, fields)
+    except ProtocolError:
+        request = None
+    assert request == _read_from_the_wire(verb, fields)
+
+
+def test_a_request_built_in_the_daemon_is_held_to_the_frame_size_limit():
+    fields = {key: "a" * protocol.MAX_VALUE for key in ("user", "algorithm", "issuer", "secret", "proof")}
+    with pytest.raises(ProtocolError, match=f"longer than {MAX_REQUEST_PAYLOAD} bytes"):
+        protocol.make_request("enroll", fields)

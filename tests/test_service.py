@@ -329,7 +329,7 @@ def test_a_store_error_fails_closed_and_a_bug_reaches_the_daemon_as_an_exception
             raise RuntimeError("a bug in the maths")
 
         monkeypatch.setattr(otp, "match_any", broken)
-        with pytest.raises(RuntimeError):  # Daemon._handle answers it UNAVAILABLE "internal error"
+        with pytest.raises(RuntimeError):  # Server._handle answers it UNAVAILABLE "internal error"
             fresh.call(verify, ROOT)
         monkeypatch.undo()
         fresh.store.close()
@@ -363,3 +363,27 @@ def test_the_handlers_sit_side_by_side_below_the_service_and_none_imports_anothe
     assert HANDLERS <= imports["service"]
     assert not imports["judging"] & HANDLERS and not imports["handling"] & (HANDLERS | {"judging"})
 
+
+def test_a_doors_grant_is_asked_once_the_account_is_resolved_and_decides_the_caller():
+    """D-Bus asks polkit through this grant (dbusapi.py), after the identity step: it sees
+    whose account the request names, and the handler sees the caller it returns."""
+    fresh = World()
+    seen: list[tuple[str, int | None]] = []
+
+    def granting(granted: str):
+        async def grant(identified: Request) -> Caller:
+            seen.append((identified.user, identified.user_uid))
+            return Caller(7, NOBODY, -1, granted=granted)
+
+        return grant
+
+    def status_of_nobody(granted: str) -> Reply:
+        asked = fresh.service.handle(Request("status", {"user": "nobody"}), Caller(7, NOBODY, -1, "none"), grant=granting(granted))
+        return fresh.loop.run_until_complete(asked)
+
+    try:
+        assert status_of_nobody("none").status == "FORBIDDEN"
+        assert status_of_nobody("own").status == "NOT_ENROLLED"  # allowed on its own account: the handler answers
+        assert seen == [("nobody", NOBODY)] * 2
+    finally:
+        fresh.close()

@@ -10,6 +10,8 @@ test plays the service manager's end of NOTIFY_SOCKET. These tools come with the
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -26,7 +28,7 @@ import pyotp
 import pytest
 
 from daemonproc import DaemonProcess
-from totpd import config as config_module
+from totpd import config as config_module, systemd
 from totpd.client import Client
 
 REPO = Path(__file__).resolve().parent.parent
@@ -304,6 +306,27 @@ def test_no_watchdog_pings_unless_systemd_asks(workdir):
         assert process.wait(timeout=15) == 0
     finally:
         _stop(process)
+        notify.close()
+
+
+def test_the_watchdog_pings_at_half_its_interval_and_only_for_its_own_process(workdir, monkeypatch):
+    notify = NotifyListener(workdir / "notify.sock")
+    monkeypatch.setenv("NOTIFY_SOCKET", notify.path)
+    monkeypatch.setenv("WATCHDOG_USEC", "200000")
+    try:
+        monkeypatch.setenv("WATCHDOG_PID", str(os.getpid() + 1))  # meant for another process
+        asyncio.run(asyncio.wait_for(systemd.watchdog(), 5))  # returns at once, having sent nothing
+        monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+
+        async def ping_for(seconds: float) -> None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(systemd.watchdog(), seconds)
+
+        asyncio.run(ping_for(0.95))
+        notify.drain()
+        # Every 0.1 s: ten pings at most, and more than the five a full interval would give.
+        assert set(notify.messages) == {"WATCHDOG=1"} and 7 <= len(notify.messages) <= 10, notify.messages
+    finally:
         notify.close()
 
 

@@ -12,6 +12,7 @@ import dataclasses
 
 from . import identity
 from .config import Config
+from .protocol import Request
 from .workers import Worker
 
 
@@ -46,11 +47,16 @@ class Authority:
             return False
         return await self._nss.run(identity.in_group, caller.uid, caller.gid, self._admin_group)
 
-    async def is_self(self, caller: Caller, user: str) -> bool:
+    async def is_self(self, caller: Caller, request: Request) -> bool:
+        """Does the request name the caller's own account? The uid comes from the service's
+        identity step; a request that did not pass it (one a handler built) is looked up."""
         if caller.granted == "none":
             return False
-        entry = await self._nss.run(identity.lookup, user)
-        return entry is not None and entry.pw_uid == caller.uid
+        uid = request.user_uid
+        if uid is None:
+            entry = await self._nss.run(identity.lookup, request.user)
+            uid = -1 if entry is None else entry.pw_uid
+        return uid == caller.uid
 
-    async def may_act_on(self, caller: Caller, user: str, allow_self: bool) -> bool:
-        return await self.is_admin(caller) or (allow_self and await self.is_self(caller, user))
+    async def may_act_on(self, caller: Caller, request: Request, allow_self: bool) -> bool:
+        return await self.is_admin(caller) or (allow_self and await self.is_self(caller, request))

@@ -1,8 +1,10 @@
-"""The daemon's start-up: `totpd --config FILE`, in the foreground.
+"""The daemon's start-up and shut-down: `totpd --config FILE`, in the foreground.
 
 It checks its files, loads the master key, opens the store, binds its socket (or
-takes the one systemd passes), and hands them to the server (server.py) until a
-signal stops it. One line per event goes to stderr.
+takes the one systemd passes), then opens both doors onto one service, the socket
+(server.py) and D-Bus (dbusapi.py), under one admission (admission.py); it tells
+systemd it is ready and feeds its watchdog (systemd.py) until SIGTERM or SIGINT,
+then drains both doors. One line per event goes to stderr.
 """
 
 from __future__ import annotations
@@ -11,25 +13,28 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import gc
 import grp
 import logging
 import os
 import resource
+import signal
 import socket
 import stat
 import sys
 
 from . import __version__, clock, config as config_module
+from .admission import Admission
 from .audit import Audit
 from .config import Config
 from .errors import BackendMissing, ConfigError, HardeningError, SocketError, TotpdError
 from .files import directory_problem, parent
 from .notify import Notifier
 from .sealing import Sealer, key_check, load_credential, load_key
-from .server import Daemon
+from .server import Server
 from .service import Service
 from .store import StoreOptions, check_backend, is_postgres, open_store
-from .systemd import systemd_socket
+from .systemd import sd_notify, systemd_socket, watchdog
 
 log = logging.getLogger("totpd")
 
@@ -179,7 +184,7 @@ def run(config: Config) -> None:
         if clock.synchronized() is False:
             log.warning("this host's clock is not synchronized: TOTP codes may be refused; start an NTP client")
         serving = True
-        asyncio.run(Daemon(config, service).serve(sock, owns_path=handed_over is None))
+        asyncio.run(serve(config, service, sock, owns_path=handed_over is None))
     finally:
         audit.flush()
         if service is not None:
@@ -189,6 +194,59 @@ def run(config: Config) -> None:
         store.close()
         if serving:
             log.info("stopped")
+
+
+async def serve(config: Config, service: Service, sock: socket.socket, owns_path: bool) -> None:
+    """Serve `service` through the listening `sock` and, unless `dbus = "off"`, D-Bus,
+    until SIGTERM or SIGINT; then finish what is in flight and close both doors."""
+    loop = asyncio.get_running_loop()
+    eager_tasks(loop)
+    stopping = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    admission = Admission(config.max_connections, config.max_connections_per_uid)
+    server = Server(config, service, admission)
+    server.start(sock)
+    log.info("listening on %s (protocol 1, totpd %s)", config.socket, __version__)
+    bus_api = None
+    if config.dbus != "off":  # optional (docs/dbus.md): without a bus the socket serves alone
+        from . import dbusapi
+
+        bus_api = await dbusapi.start(config, service, admission)
+    freeze_startup_heap()
+    sd_notify("READY=1\nSTATUS=serving")
+    pinging = loop.create_task(watchdog())
+    try:
+        await stopping.wait()
+    finally:
+        sd_notify("STOPPING=1")
+        log.info("stopping: finishing requests in flight")
+        pinging.cancel()
+        await server.drain()
+        if bus_api is not None:  # D-Bus: finish its calls in flight, then leave the bus
+            await bus_api.close()
+        server.close()
+        if owns_path:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(config.socket)
+
+
+def eager_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    """On Python 3.12+, a request's task runs at once, up to its first wait, without a loop turn first."""
+    if hasattr(asyncio, "eager_task_factory"):
+        loop.set_task_factory(asyncio.eager_task_factory)
+
+
+def freeze_startup_heap() -> None:
+    """Take everything start-up built (modules, configuration, the store, D-Bus) out of
+    the cyclic garbage collector's sight, once, when the daemon is ready to serve.
+
+    Those objects live as long as the daemon, but every full collection walks them
+    again, stalling every request in flight. Objects made later (connections,
+    requests) are collected as before; garbage left by start-up is collected first.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def main(argv: list[str] | None = None) -> int:

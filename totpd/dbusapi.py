@@ -1,14 +1,17 @@
 """The D-Bus API: org.totpd.Totpd1 on the system bus, a second door into the same service.
 
-A D-Bus call becomes the same `Request` a socket client would send (built and checked
-by totpd.protocol), with a `Caller` whose uid and pid the bus reports for the sender
-(GetConnectionUnixUser / GetConnectionUnixProcessID, never an argument), and goes
-through `Service.handle`: one authorization, one audit line, one throttle. What D-Bus
-adds is polkit: it decides, per call, whether the caller may manage its own account
-(org.totpd.manage-own) or any account (org.totpd.manage-any), and the service reads
-that grant from `Caller.granted`. Root needs no polkit; without polkit on the bus only
-root may call a method. Signals mirror the service's durable events; no secret is ever
-in a signal or a property (docs/dbus.md).
+A D-Bus call becomes the same typed `Request` a socket client would send, built and
+held to the same checks by totpd.protocol (`make_request`, no bytes in between), with a
+`Caller` whose uid and pid the bus reports for the sender (GetConnectionUnixUser /
+GetConnectionUnixProcessID, never an argument). It is admitted under the socket's own
+caps (admission.py, one count for both doors) and goes through `Service.handle`: one
+identity step, one authorization, one audit line, one throttle. What D-Bus adds is
+polkit: once the service has resolved the account (so the name is looked up once),
+polkit decides whether the caller may manage its own account (org.totpd.manage-own) or
+any account (org.totpd.manage-any), and the service reads that grant from
+`Caller.granted`. Root needs no polkit; without polkit on the bus only root may call a
+method. Signals mirror the service's durable events; no secret is ever in a signal or
+a property (docs/dbus.md).
 
 Method calls are dispatched by `Api._on_message` rather than by dbus-fast's method
 handlers, because only the message knows the sender and the interactive-authorization
@@ -19,9 +22,9 @@ packaging/dbus/org.totpd.Totpd1.xml by the tests.
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
-from collections import Counter
 from typing import Any, Awaitable, Callable
 
 from dbus_fast import BusType, DBusError, ErrorType, Message, MessageFlag, MessageType, NameFlag, RequestNameReply, Variant
@@ -33,10 +36,11 @@ try:
 except ImportError:  # older dbus-fast (Debian 12: 1.84, Debian 13: 2.44) names them method and signal
     from dbus_fast.service import method as dbus_method, signal as dbus_signal
 
-from . import __version__, identity
+from . import __version__
+from .admission import Admission
 from .config import Config
 from .errors import CallRefused, ProtocolError
-from .protocol import HEADER_SIZE, MAX_REQUEST_PAYLOAD, Reply, decode_request, encode_request
+from .protocol import Reply, Request, make_request
 from .service import Caller, Service
 
 log = logging.getLogger("totpd")
@@ -192,16 +196,26 @@ def policy_summary(config: Config) -> dict[str, Variant]:
     }
 
 
+@dataclasses.dataclass(frozen=True)
+class Call:
+    """One method call and who sent it, as the bus says."""
+
+    msg: Message
+    uid: int
+    pid: int
+
+
 class Api:
     """One connection to a bus, the exported object, and the calls in flight on it."""
 
-    def __init__(self, config: Config, service: Service, bus: MessageBus) -> None:
+    def __init__(self, config: Config, service: Service, admission: Admission, bus: MessageBus) -> None:
         self.config = config
         self.service = service
+        self.admission = admission
         self.bus = bus
         self.interface = TotpdInterface(config)
         self._signatures = {item.name: item.in_signature for item in self.interface.introspect().methods}
-        self._calls: dict[str, Callable[[Message, Caller], Awaitable[tuple[str, list[Any]]]]] = {
+        self._calls: dict[str, Callable[[Call], Awaitable[tuple[str, list[Any]]]]] = {
             "GetStatus": self._get_status,
             "ListAccounts": self._list_accounts,
             "BeginEnrollment": self._begin_enrollment,
@@ -215,7 +229,6 @@ class Api:
         }
         assert self._calls.keys() == self._signatures.keys()
         self._tasks: set[asyncio.Task] = set()
-        self._in_flight: Counter[int] = Counter()
         self._closing = False
         self._watcher: asyncio.Task | None = None
 
@@ -268,7 +281,8 @@ class Api:
             )
         if self._closing:
             return Message.new_error(msg, ERRORS["UNAVAILABLE"], "totpd is stopping; try again shortly.")
-        if len(self._tasks) >= self.config.max_connections:  # before even asking the bus who calls
+        # A bound on calls not yet admitted, before even asking the bus who calls.
+        if len(self._tasks) >= self.config.max_connections:
             return Message.new_error(msg, ERRORS["BUSY"], "The two-factor service is busy; try again.")
         task = asyncio.get_running_loop().create_task(self._answer(msg))
         self._tasks.add(task)
@@ -291,33 +305,12 @@ class Api:
         assert msg.sender is not None and msg.member is not None
         uid = await self._bus_call("GetConnectionUnixUser", msg.sender)
         pid = await self._bus_call("GetConnectionUnixProcessID", msg.sender)
-        if not self._admit(uid):
+        if not self.admission.admit(uid):  # a call in flight holds a place, as a connection does
             raise CallRefused(ERRORS["BUSY"], "The two-factor service is busy; try again.")
         try:
-            user = msg.body[0] if msg.member != "ListAccounts" else ""
-            granted, refusal = await self._authorize(msg, uid, user)
-            # gid -1: over D-Bus polkit (Caller.granted), not admin_group, says who administers.
-            caller = Caller(pid=pid, uid=uid, gid=-1, granted=granted)
-            try:
-                return await self._calls[msg.member](msg, caller)
-            except CallRefused as exc:
-                if refusal is not None and exc.name == ERRORS["FORBIDDEN"]:
-                    raise refusal from None
-                raise
+            return await self._calls[msg.member](Call(msg, uid, pid))
         finally:
-            self._release(uid)
-
-    def _admit(self, uid: int) -> bool:
-        """The socket's per-uid cap, applied to D-Bus calls in flight (the total is capped in _on_message)."""
-        if uid != 0 and self._in_flight[uid] >= self.config.max_connections_per_uid:
-            return False
-        self._in_flight[uid] += 1
-        return True
-
-    def _release(self, uid: int) -> None:
-        self._in_flight[uid] -= 1
-        if not self._in_flight[uid]:
-            del self._in_flight[uid]
+            self.admission.release(uid)
 
     async def _bus_call(self, member: str, sender: str) -> int:
         reply = await self._call_on_bus(
@@ -341,15 +334,16 @@ class Api:
 
     # -- authorization: polkit grants, the service decides ---------------------------------------
 
-    async def _authorize(self, msg: Message, uid: int, user: str) -> tuple[str, CallRefused | None]:
+    async def _authorize(self, msg: Message, uid: int, request: Request) -> tuple[str, CallRefused | None]:
         """What polkit grants this call ("any", "own", "none") and, for "none", the error to give.
 
-        The refusal itself is the service's (audited there); the error only says why
-        when polkit asked for a password the caller did not allow it to ask for.
+        `request` has passed the service's identity step: its `user_uid` says whose account
+        it names. The refusal itself is the service's (audited there); the error only says
+        why when polkit asked for a password the caller did not allow it to ask for.
         """
         if uid == 0:
             return "any", None
-        own = msg.member in SELF_METHODS and user != "" and await asyncio.to_thread(_is_own, uid, user)
+        own = msg.member in SELF_METHODS and request.user_uid == uid
         action = ACTION_OWN if own else ACTION_ANY
         interactive = bool(msg.flags & MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION)
         answer = await self._call_on_bus(
@@ -382,80 +376,89 @@ class Api:
 
     # -- the methods: each one request to the service -------------------------------------------
 
-    async def _handle(self, caller: Caller, verb: str, **fields: str) -> Reply:
+    async def _handle(self, call: Call, verb: str, **fields: str) -> Reply:
+        """The call's one request to the service; its OK reply, or the error to answer."""
         try:
-            frame = encode_request(verb, fields)
-            if len(frame) - HEADER_SIZE > MAX_REQUEST_PAYLOAD:
-                raise ProtocolError(f"request is longer than {MAX_REQUEST_PAYLOAD} bytes")
-            request = decode_request(frame[HEADER_SIZE:])  # the socket's own checks, not a copy of them
+            request = make_request(verb, fields)  # the socket's own checks, not a copy of them
         except ProtocolError as exc:
             raise CallRefused(ErrorType.INVALID_ARGS.value, str(exc)) from None
-        reply = await self.service.handle(request, caller)
-        if reply.status != "OK":
-            name = ERRORS.get(reply.status, ERROR + "Failed")
-            raise CallRefused(name, reply.message or _default_text(reply.status, fields.get("user", "")))
-        return reply
+        refusal: CallRefused | None = None
 
-    async def _get_status(self, msg: Message, caller: Caller) -> tuple[str, list[Any]]:
-        reply = await self._handle(caller, "status", user=msg.body[0], service="dbus")
+        async def grant(identified: Request) -> Caller:
+            nonlocal refusal
+            granted, refusal = await self._authorize(call.msg, call.uid, identified)
+            # gid -1: over D-Bus polkit (Caller.granted), not admin_group, says who administers.
+            return Caller(pid=call.pid, uid=call.uid, gid=-1, granted=granted)
+
+        # Until polkit has answered, the caller is granted nothing.
+        reply = await self.service.handle(request, Caller(call.pid, call.uid, -1, "none"), grant=grant)
+        if reply.status == "OK":
+            return reply
+        if refusal is not None and reply.status == "FORBIDDEN":
+            raise refusal
+        name = ERRORS.get(reply.status, ERROR + "Failed")
+        raise CallRefused(name, reply.message or _default_text(reply.status, fields.get("user", "")))
+
+    async def _get_status(self, call: Call) -> tuple[str, list[Any]]:
+        reply = await self._handle(call, "status", user=call.msg.body[0], service="dbus")
         return "a{sv}", [_status_dict(reply.fields)]
 
-    async def _list_accounts(self, msg: Message, caller: Caller) -> tuple[str, list[Any]]:
-        offset, limit = msg.body
-        reply = await self._handle(caller, "list", offset=str(offset), limit=str(limit))
+    async def _list_accounts(self, call: Call) -> tuple[str, list[Any]]:
+        offset, limit = call.msg.body
+        reply = await self._handle(call, "list", offset=str(offset), limit=str(limit))
         accounts = [_status_dict({key: str(value) for key, value in entry.items()}) for entry in json.loads(reply.fields["accounts"])]
         return "uaa{sv}", [int(reply.fields["total"]), accounts]
 
-    async def _begin_enrollment(self, msg: Message, caller: Caller) -> tuple[str, list[Any]]:
-        return await self._new_token(msg, caller, "enroll", ENROLL_OPTIONS)
+    async def _begin_enrollment(self, call: Call) -> tuple[str, list[Any]]:
+        return await self._new_token(call, "enroll", ENROLL_OPTIONS)
 
-    async def _add_token(self, msg: Message, caller: Caller) -> tuple[str, list[Any]]:
-        return await self._new_token(msg, caller, "token_add", TOKEN_OPTIONS)
+    async def _add_token(self, call: Call) -> tuple[str, list[Any]]:
+        return await self._new_token(call, "token_add", TOKEN_OPTIONS)
 
-    async def _new_token(self, msg: Message, caller: Caller, verb: str, allowed: dict[str, str]) -> tuple[str, list[Any]]:
-        user, options = msg.body
+    async def _new_token(self, call: Call, verb: str, allowed: dict[str, str]) -> tuple[str, list[Any]]:
+        user, options = call.msg.body
         fields = {"user": user, "service": "dbus"}
         for key, value in options.items():
             if allowed.get(key) != value.signature:
                 known = ", ".join(f"{name} ({sig})" for name, sig in allowed.items())
                 raise CallRefused(ErrorType.INVALID_ARGS.value, f"unknown option or wrong type '{key}'; options: {known}")
             fields[key] = str(int(value.value)) if value.signature == "b" else str(value.value)
-        reply = await self._handle(caller, verb, **fields)
+        reply = await self._handle(call, verb, **fields)
         uri = reply.fields["uri"]
         png = await asyncio.to_thread(_qr_png, uri)
         # The one answer that carries a secret: a method return, sent to the enrolling caller only.
         return "ssay", [uri, reply.fields["secret"], png]
 
-    async def _confirm_enrollment(self, msg: Message, caller: Caller) -> tuple[str, list[Any]]:
-        user, code = msg.body
-        reply = await self._handle(caller, "confirm", user=user, code=code, service="dbus")
+    async def _confirm_enrollment(self, call: Call) -> tuple[str, list[Any]]:
+        user, code = call.msg.body
+        reply = await self._handle(call, "confirm", user=user, code=code, service="dbus")
         # A token added beside others keeps the account's recovery codes: none are new.
         return "as", [reply.fields.get("recovery_codes", "").split()]
 
-    async def _list_tokens(self, msg: Message, caller: Caller) -> tuple[str, list[Any]]:
-        reply = await self._handle(caller, "token_list", user=msg.body[0], service="dbus")
+    async def _list_tokens(self, call: Call) -> tuple[str, list[Any]]:
+        reply = await self._handle(call, "token_list", user=call.msg.body[0], service="dbus")
         tokens = [_status_dict({key: str(value) for key, value in entry.items()}) for entry in json.loads(reply.fields["tokens"])]
         return "aa{sv}", [tokens]
 
-    async def _remove_token(self, msg: Message, caller: Caller) -> tuple[str, list[Any]]:
-        user, name = msg.body
-        await self._handle(caller, "token_remove", user=user, token=name, service="dbus")
+    async def _remove_token(self, call: Call) -> tuple[str, list[Any]]:
+        user, name = call.msg.body
+        await self._handle(call, "token_remove", user=user, token=name, service="dbus")
         return "", []
 
-    async def _regenerate_recovery_codes(self, msg: Message, caller: Caller) -> tuple[str, list[Any]]:
-        user, proof = msg.body
+    async def _regenerate_recovery_codes(self, call: Call) -> tuple[str, list[Any]]:
+        user, proof = call.msg.body
         fields = {"user": user, "service": "dbus"}
         if proof:
             fields["proof"] = proof
-        reply = await self._handle(caller, "recovery_codes", **fields)
+        reply = await self._handle(call, "recovery_codes", **fields)
         return "as", [reply.fields["recovery_codes"].split()]
 
-    async def _reset(self, msg: Message, caller: Caller) -> tuple[str, list[Any]]:
-        await self._handle(caller, "reset", user=msg.body[0], service="dbus")
+    async def _reset(self, call: Call) -> tuple[str, list[Any]]:
+        await self._handle(call, "reset", user=call.msg.body[0], service="dbus")
         return "", []
 
-    async def _unlock(self, msg: Message, caller: Caller) -> tuple[str, list[Any]]:
-        await self._handle(caller, "unlock", user=msg.body[0], service="dbus")
+    async def _unlock(self, call: Call) -> tuple[str, list[Any]]:
+        await self._handle(call, "unlock", user=call.msg.body[0], service="dbus")
         return "", []
 
     # -- signals -----------------------------------------------------------------------------
@@ -501,19 +504,13 @@ def _qr_png(uri: str) -> bytes:
     return qr.png(uri)
 
 
-def _is_own(uid: int, user: str) -> bool:
-    """Does `user`, in any spelling NSS accepts (identity.py), name the account of `uid`?"""
-    entry = identity.lookup(user)
-    return entry is not None and entry.pw_uid == uid
-
-
 def _why(exc: BaseException) -> str:
     if isinstance(exc, DBusError):
         return f"{exc.type}: {exc.text}"
     return str(exc) or type(exc).__name__
 
 
-async def start(config: Config, service: Service) -> Api | None:
+async def start(config: Config, service: Service, admission: Admission) -> Api | None:
     """Connect as `config.dbus` says and publish the API; None (one line logged) without a bus."""
     if config.dbus == "off":
         return None
@@ -524,7 +521,7 @@ async def start(config: Config, service: Service) -> Api | None:
     except Exception as exc:  # any failure to reach a bus means "no D-Bus", never "no daemon"
         log.info("D-Bus: %s is not reachable (%s); serving the socket only", where, _why(exc))
         return None
-    api = Api(config, service, bus)
+    api = Api(config, service, admission, bus)
     if not await api.publish():
         bus.disconnect()
         return None

@@ -59,7 +59,7 @@ class Enrollment:
         gate, config, user = self.gate, self.config, request.user
         adding = event == "token_add"
         admin = await gate.authority.is_admin(caller)
-        if not admin and not (config.self_enroll and await gate.authority.is_self(caller, user)):
+        if not admin and not (config.self_enroll and await gate.authority.is_self(caller, request)):
             gate.record(request, caller, event, "forbidden", level="warning")
             return reply("FORBIDDEN", f"uid {caller.uid} may not {'add tokens to' if adding else 'enroll'} account '{user}'")
         if not await self.directory.exists(user):

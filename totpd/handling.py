@@ -133,7 +133,7 @@ class Gate:
 
     async def authorize(self, request: Request, caller: Caller, allow_self: bool) -> Reply | None:
         """None if the caller may act on request.user, else the refusal (audited)."""
-        if await self.authority.may_act_on(caller, request.user, allow_self):
+        if await self.authority.may_act_on(caller, request, allow_self):
             return None
         self.record(request, caller, request.verb, "forbidden", level="warning")
         return reply("FORBIDDEN", f"uid {caller.uid} may not {request.verb} account '{request.user}'")

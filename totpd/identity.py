@@ -37,25 +37,26 @@ def canonical(name: str) -> str:
     An unknown name is kept as given: it can match no account that NSS resolves (the
     store holds canonical names only), so it reaches the unknown-user answer.
     """
-    found = _resolve(name)
-    return name if found is None else found
+    found = account(name)
+    return name if found is None else found[0]
 
 
-def _resolve(name: str) -> str | None:
-    """The canonical name for `name`, or None where NSS knows no such account."""
+def account(name: str) -> tuple[str, int] | None:
+    """The account `name` names: its canonical name and its uid, or None where NSS
+    knows no such account. One resolution answers both which account and whose."""
     entry = lookup(name)
     if entry is None:
         return None
     try:
-        return pwd.getpwuid(entry.pw_uid).pw_name
+        return pwd.getpwuid(entry.pw_uid).pw_name, entry.pw_uid
     except KeyError:
-        return entry.pw_name
+        return entry.pw_name, entry.pw_uid
 
 
 def canonical_names(names: tuple[str, ...]) -> tuple[tuple[str, ...], bool]:
     """`names` (a policy list) in canonical names, and whether NSS knew every one."""
-    found = [_resolve(name) for name in names]
-    return tuple(name if each is None else each for name, each in zip(names, found)), None not in found
+    found = [account(name) for name in names]
+    return tuple(name if each is None else each[0] for name, each in zip(names, found)), None not in found
 
 
 def canonical_rules(rules: "Rules") -> tuple["Rules", bool]:

@@ -82,6 +82,9 @@ class Request:
     # The account name as the client spelled it, where the service resolved it to
     # another (totpd/identity.py); never read from the wire.
     as_given: str = ""
+    # The uid of the account `user` names, as the service's identity step resolved it
+    # (-1: NSS knows no such account; None: not resolved); never read from the wire.
+    user_uid: int | None = None
 
     def get(self, key: str, default: str = "") -> str:
         return self.fields.get(key, default)
@@ -146,14 +149,11 @@ def _fields(
     fields: dict[str, str] = {}
     for line in lines:
         key, sep, value = line.partition("=")
-        if not sep or not _KEY.fullmatch(key):
+        if not sep:
             raise ProtocolError("malformed line: expected key=value with a lowercase key")
         if key in fields:
             raise ProtocolError(f"key '{key}' appears twice")
-        if _CONTROL.search(value):
-            raise ProtocolError(f"value of '{key}' contains a control character")
-        if value_limit is not None and len(value.encode()) > value_limit:
-            raise ProtocolError(f"value of '{key}' is longer than {value_limit} bytes")
+        _check_field(key, value, value_limit)
         if listed is not None and key in LINE_KEYS:
             if len(listed) >= MAX_LINES or len(value.encode()) > MAX_MESSAGE:
                 raise ProtocolError(f"more than {MAX_LINES} lines, or a line over {MAX_MESSAGE} bytes")
@@ -161,6 +161,15 @@ def _fields(
             continue
         fields[key] = value
     return fields
+
+
+def _check_field(key: str, value: str, value_limit: int | None) -> None:
+    if not _KEY.fullmatch(key):
+        raise ProtocolError("malformed line: expected key=value with a lowercase key")
+    if _CONTROL.search(value):
+        raise ProtocolError(f"value of '{key}' contains a control character")
+    if value_limit is not None and len(value.encode()) > value_limit:
+        raise ProtocolError(f"value of '{key}' is longer than {value_limit} bytes")
 
 
 def check_user(user: str) -> str:
@@ -177,11 +186,32 @@ def check_user(user: str) -> str:
 def decode_request(payload: bytes) -> Request:
     lines = _lines(payload)
     verb = lines[0]
+    _check_verb(verb)
+    return _checked(verb, _fields(lines[1:], MAX_VALUE))
+
+
+def make_request(verb: str, fields: dict[str, str]) -> Request:
+    """A request built inside the daemon (the D-Bus door), held to every check a request
+    read from the wire gets, its size included, without becoming bytes first."""
+    _check_verb(verb)
+    size = len(verb.encode()) + 1
+    for key, value in fields.items():
+        _check_field(key, value, MAX_VALUE)
+        size += len(key) + len(value.encode()) + 2  # key=value and the line feed
+    if size > MAX_REQUEST_PAYLOAD:
+        raise ProtocolError(f"request is longer than {MAX_REQUEST_PAYLOAD} bytes")
+    return _checked(verb, dict(fields))
+
+
+def _check_verb(verb: str) -> None:
     if not _VERB.fullmatch(verb):
         raise ProtocolError("first line must be a lowercase verb")
     if verb not in VERBS:
         raise ProtocolError(f"unknown verb '{verb}'")
-    fields = _fields(lines[1:], MAX_VALUE)
+
+
+def _checked(verb: str, fields: dict[str, str]) -> Request:
+    """The request, once its keys are the verb's and its account name is a name."""
     required, optional = VERBS[verb]
     if not fields.keys() <= _ALLOWED[verb]:
         key = next(key for key in fields if key not in _ALLOWED[verb])

@@ -1,8 +1,10 @@
-"""The socket server: connections, framing limits, the accept loop and shut-down.
+"""The socket server: accepting, SO_PEERCRED, framing and its limits, replies.
 
 Every connection is bounded: one request at a time, a size limit checked before a
-payload is read, a read timeout, and caps on connections in total and per uid.
-Each complete frame becomes one request to the service; its reply goes back in order.
+payload is read, a read timeout, and the caps on connections in total and per uid
+(admission.py, shared with D-Bus). Each complete frame becomes one request to the
+service; its reply goes back in order. Start-up, signals, D-Bus and systemd are
+daemon.py's: it hands this server a listening socket and later asks it to drain.
 """
 
 from __future__ import annotations
@@ -10,26 +12,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import gc
 import logging
-import os
-import signal
 import socket
 import struct
-from collections import Counter
 from typing import Callable
 
-from . import __version__
+from .admission import Admission
 from .authorization import Caller
 from .config import Config
 from .errors import FrameError, ProtocolError
 from .protocol import HEADER_SIZE, MAX_REQUEST_PAYLOAD, Reply, Request, decode_request, encode_reply, parse_header
 from .service import Service, Session, internal_error
-from .systemd import sd_notify
 
 log = logging.getLogger("totpd")
 
-SHUTDOWN_GRACE = 10.0
+SHUTDOWN_GRACE = 10.0  # how long a drain waits for requests in flight
 # How far a client may pipeline ahead of the request being answered before reading pauses.
 READ_AHEAD = 64 * 1024
 READ_CHUNK = 64 * 1024
@@ -55,16 +52,16 @@ class Connection:
     being answered are read (then reading stops until it is answered); the next reply
     is not started while the previous one is still queued; and a whole frame must
     arrive within `read_timeout` of the connection or of the previous reply
-    (Daemon._sweep closes what is too slow, so dribbling bytes cannot extend it).
+    (Server._sweep closes what is too slow, so dribbling bytes cannot extend it).
     """
 
     __slots__ = (
-        "daemon", "sock", "fd", "caller", "buffer", "outgoing", "session",
+        "server", "sock", "fd", "caller", "buffer", "outgoing", "session",
         "busy", "eof", "closed", "reading", "deadline",
     )
 
-    def __init__(self, daemon: "Daemon", sock: socket.socket, caller: Caller) -> None:
-        self.daemon = daemon
+    def __init__(self, server: "Server", sock: socket.socket, caller: Caller) -> None:
+        self.server = server
         self.sock = sock
         self.fd = sock.fileno()
         self.caller = caller
@@ -75,9 +72,9 @@ class Connection:
         self.eof = False
         self.closed = False
         self.reading = True
-        self.deadline = daemon.loop.time() + daemon.config.read_timeout
-        daemon._live.add(self)  # before the first read, which may already end it
-        daemon.loop.add_reader(self.fd, self._readable)
+        self.deadline = server.loop.time() + server.config.read_timeout
+        server._live.add(self)  # before the first read, which may already end it
+        server.loop.add_reader(self.fd, self._readable)
         self._readable()  # a client writes as soon as it connects: often it already has
 
     # -- socket events --------------------------------------------------------------------
@@ -104,7 +101,7 @@ class Connection:
     def _writable(self) -> None:
         self._flush()
         if not self.outgoing and not self.closed:
-            self.daemon.loop.remove_writer(self.fd)
+            self.server.loop.remove_writer(self.fd)
             self._next()
             if self.eof and not self.busy:
                 self._finish_input()
@@ -112,7 +109,7 @@ class Connection:
     def _stop_reading(self) -> None:
         if self.reading:
             self.reading = False
-            self.daemon.loop.remove_reader(self.fd)
+            self.server.loop.remove_reader(self.fd)
 
     def send(self, data: bytes) -> None:
         if self.closed:
@@ -123,7 +120,7 @@ class Connection:
         self.outgoing += data
         self._flush()
         if self.outgoing and not self.closed:
-            self.daemon.loop.add_writer(self.fd, self._writable)
+            self.server.loop.add_writer(self.fd, self._writable)
 
     def _flush(self) -> None:
         try:
@@ -156,23 +153,23 @@ class Connection:
         del self.buffer[:end]
         if not self.reading and not self.eof and len(self.buffer) <= READ_AHEAD:
             self.reading = True
-            self.daemon.loop.add_reader(self.fd, self._readable)
+            self.server.loop.add_reader(self.fd, self._readable)
         self.busy = True
-        self.daemon.answer(payload, self.caller, self.session, self._replied)
+        self.server.answer(payload, self.caller, self.session, self._replied)
 
     def _replied(self, reply: Reply) -> None:
         self.busy = False
         if self.closed:
             return
         self.send(encode_reply(reply))
-        self.deadline = self.daemon.loop.time() + self.daemon.config.read_timeout
-        if self.daemon._stopping.is_set():
+        self.deadline = self.server.loop.time() + self.server.config.read_timeout
+        if self.server._draining:
             self.close(linger=True)
             return
         if self.buffer or self.eof:
             # The next pipelined frame (or the hang-up) on the next loop turn: answered
             # here, a run of frames that finish at once would recurse frame by frame.
-            self.daemon.loop.call_soon(self._resume)
+            self.server.loop.call_soon(self._resume)
 
     def _resume(self) -> None:
         if self.closed:
@@ -191,7 +188,7 @@ class Connection:
         self.close()
 
     def expire(self, now: float) -> None:
-        """Close a connection whose next frame is overdue (called by Daemon._sweep)."""
+        """Close a connection whose next frame is overdue (called by Server._sweep)."""
         if self.busy or self.closed or now < self.deadline:
             return
         if self.buffer:
@@ -205,80 +202,60 @@ class Connection:
         if linger and self.outgoing:
             self._stop_reading()
             self.eof = True  # _writable closes once the reply is out
-            self.deadline = min(self.deadline, self.daemon.loop.time() + self.daemon.config.read_timeout)
+            self.deadline = min(self.deadline, self.server.loop.time() + self.server.config.read_timeout)
             return
         self.closed = True
-        loop = self.daemon.loop
+        loop = self.server.loop
         if self.reading:
             loop.remove_reader(self.fd)
         if self.outgoing:
             loop.remove_writer(self.fd)
         self.sock.close()
-        self.daemon._release(self)
+        self.server._release(self)
 
 
-class Daemon:
-    def __init__(self, config: Config, service: Service) -> None:
+class Server:
+    """The listening socket's connections, from accept to the last reply."""
+
+    def __init__(self, config: Config, service: Service, admission: Admission) -> None:
         self.config = config
         self.service = service
-        self._connections: Counter[int] = Counter()
-        self._total = 0
+        self.admission = admission
         self._live: set[Connection] = set()
-        self._listener: socket.socket = None  # type: ignore[assignment]  # set by serve()
-        self._accepting = True
+        self._listener: socket.socket = None  # type: ignore[assignment]  # set by start()
+        self._accepting = False
+        self._draining = False
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
-        self._stopping = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()  # requests being answered
-        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by serve()
+        self._sweeper: asyncio.Task | None = None
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by start()
 
-    async def serve(self, sock: socket.socket, owns_path: bool) -> None:
+    def start(self, sock: socket.socket) -> None:
+        """Accept connections on the listening `sock` from now on (on the running loop)."""
         self.loop = asyncio.get_running_loop()
-        eager_tasks(self.loop)
         sock.setblocking(False)
         self._listener = sock
+        self._accepting = True
         self.loop.add_reader(sock.fileno(), self._accept)
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            self.loop.add_signal_handler(signum, self._stopping.set)
-        log.info("listening on %s (protocol 1, totpd %s)", self.config.socket, __version__)
-        # -- D-Bus (docs/dbus.md): optional; without a bus the socket serves alone.
-        bus_api = None
-        if self.config.dbus != "off":
-            from . import dbusapi
+        self._sweeper = self.loop.create_task(self._sweep())
 
-            bus_api = await dbusapi.start(self.config, self.service)
-        # -- end D-Bus
-        freeze_startup_heap()
-        sd_notify("READY=1\nSTATUS=serving")
-        chores = [asyncio.create_task(self._watchdog()), asyncio.create_task(self._sweep())]
-        try:
-            await self._stopping.wait()
-        finally:
-            sd_notify("STOPPING=1")
-            log.info("stopping: finishing requests in flight")
-            for chore in chores:
-                chore.cancel()
-            self._stop_accepting()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), SHUTDOWN_GRACE)
-            if bus_api is not None:  # D-Bus: finish its calls in flight, then leave the bus
-                await bus_api.close()
-            for connection in list(self._live):
-                connection.close()
-            self._listener.close()
-            if owns_path:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.config.socket)
+    async def drain(self) -> None:
+        """Stop accepting and let the requests in flight finish (bounded by SHUTDOWN_GRACE);
+        each connection closes once its reply is out."""
+        self._draining = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self._stop_accepting()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), SHUTDOWN_GRACE)
 
-    async def _watchdog(self) -> None:
-        usec = os.environ.get("WATCHDOG_USEC")
-        if not usec or os.environ.get("WATCHDOG_PID", str(os.getpid())) != str(os.getpid()):
-            return
-        interval = int(usec) / 1e6 / 2
-        while True:
-            sd_notify("WATCHDOG=1")
-            await asyncio.sleep(interval)
+    def close(self) -> None:
+        """Hang up on every connection left and close the listening socket."""
+        for connection in list(self._live):
+            connection.close()
+        self._listener.close()
 
     async def _sweep(self) -> None:
         """Close connections whose next frame is overdue: one pass over all, a few times per timeout."""
@@ -311,7 +288,7 @@ class Daemon:
             except OSError:
                 sock.close()
                 continue
-            if not self._admit(caller):
+            if not self.admission.admit(caller.uid):
                 log.warning("refusing a connection from uid %d pid %d: too many connections", caller.uid, caller.pid)
                 with contextlib.suppress(OSError):
                     sock.send(_BUSY)
@@ -325,26 +302,13 @@ class Daemon:
             self.loop.remove_reader(self._listener.fileno())
 
     def _resume_accepting(self) -> None:
-        if not self._accepting and not self._stopping.is_set():
+        if not self._accepting and not self._draining:
             self._accepting = True
             self.loop.add_reader(self._listener.fileno(), self._accept)
 
-    def _admit(self, caller: Caller) -> bool:
-        if self._total >= self.config.max_connections:
-            return False
-        if caller.uid != 0 and self._connections[caller.uid] >= self.config.max_connections_per_uid:
-            return False
-        self._total += 1
-        self._connections[caller.uid] += 1
-        return True
-
     def _release(self, connection: Connection) -> None:
         self._live.discard(connection)
-        uid = connection.caller.uid
-        self._total -= 1
-        self._connections[uid] -= 1
-        if not self._connections[uid]:
-            del self._connections[uid]
+        self.admission.release(connection.caller.uid)
 
     def answer(self, payload: bytes, caller: Caller, session: Session, done: Callable[[Reply], None]) -> None:
         """Decode one request and have the service answer it; `done` gets the reply, once."""
@@ -370,21 +334,3 @@ class Daemon:
         if not self._in_flight:
             self._idle.set()
         done(reply)
-
-
-def eager_tasks(loop: asyncio.AbstractEventLoop) -> None:
-    """On Python 3.12+, a request's task runs at once, up to its first wait, without a loop turn first."""
-    if hasattr(asyncio, "eager_task_factory"):
-        loop.set_task_factory(asyncio.eager_task_factory)
-
-
-def freeze_startup_heap() -> None:
-    """Take everything start-up built (modules, configuration, the store, D-Bus) out of
-    the cyclic garbage collector's sight, once, when the daemon is ready to serve.
-
-    Those objects live as long as the daemon, but every full collection walks them
-    again, stalling every request in flight. Objects made later (connections,
-    requests) are collected as before; garbage left by start-up is collected first.
-    """
-    gc.collect()
-    gc.freeze()

@@ -53,6 +53,9 @@ NSS_THREADS, NSS_WAITING = 4, 1024
 ARGON2_THREADS, ARGON2_WAITING = 1, 32
 
 Handler = Callable[[Request, Caller, "Session | None"], Awaitable[Reply]]
+# A door's word on the caller once the request's account is known: D-Bus asks polkit
+# for the grant (dbusapi.py) after the identity step, so both read one resolution.
+Grant = Callable[[Request], Awaitable[Caller]]
 
 
 def internal_error() -> Reply:
@@ -123,26 +126,36 @@ class Service:
         self.nss.close()
         self.argon2.close()
 
-    async def handle(self, request: Request, caller: Caller, session: Session | None = None) -> Reply:
+    async def handle(
+        self, request: Request, caller: Caller, session: Session | None = None, grant: Grant | None = None
+    ) -> Reply:
         try:
             if request.verb.startswith("import_") and session is None:
                 return reply("BAD_REQUEST", "imports need a socket connection")
             request = await self._identify(request, caller)
+            if grant is not None:
+                caller = await grant(request)
             return await self._handlers[request.verb](request, caller, session)
         except (ProtocolError, StoreError, SealingError, BusyError) as exc:
             return self._refusal(request, caller, exc)
 
     async def _identify(self, request: Request, caller: Caller) -> Request:
-        """The request as every handler sees it: its account name canonical (identity.py),
-        and the PAM context kept only from a root caller on the socket (PAM_CONTEXT)."""
+        """The request as every handler sees it: its account name canonical (identity.py)
+        and the account's uid beside it (`user_uid`), from one NSS lookup, and the PAM
+        context kept only from a root caller on the socket (PAM_CONTEXT).
+
+        Root needs no uid (it may act on any account), so with `check_accounts = false`
+        its requests, the PAM module's logins, take no lookup at all."""
         fields = request.fields
         if caller.granted is None and caller.uid != 0 and not fields.keys().isdisjoint(PAM_CONTEXT):
             fields = {key: value for key, value in fields.items() if key not in PAM_CONTEXT}
         given = request.user
-        if given and self.config.check_accounts:
-            name = await self.nss.run(identity.canonical, given)
-            if name != given:
-                return Request(request.verb, {**fields, "user": name}, as_given=given)
+        if given and (self.config.check_accounts or caller.uid != 0):
+            found = await self.nss.run(identity.account, given)
+            name, uid = (given, -1) if found is None else found
+            if name != given and self.config.check_accounts:
+                return Request(request.verb, {**fields, "user": name}, as_given=given, user_uid=uid)
+            return Request(request.verb, fields, user_uid=uid)
         return request if fields is request.fields else Request(request.verb, fields)
 
     def _refusal(self, request: Request, caller: Caller, exc: BaseException) -> Reply:

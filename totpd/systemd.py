@@ -1,10 +1,11 @@
 """The systemd glue: readiness and watchdog messages (sd_notify), and socket activation.
 
-Both are no-ops when systemd is not there, so the daemon runs the same by hand.
+All are no-ops when systemd is not there, so the daemon runs the same by hand.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
@@ -23,6 +24,18 @@ def sd_notify(message: str) -> None:
         address = "\0" + address[1:]
     with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
         sock.sendto(message.encode(), address)
+
+
+async def watchdog() -> None:
+    """Ping systemd's watchdog at half its interval, for as long as the loop runs, if it
+    asked this process to (WATCHDOG_USEC, WATCHDOG_PID): a wedged loop stops pinging."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    if not usec or os.environ.get("WATCHDOG_PID", str(os.getpid())) != str(os.getpid()):
+        return
+    interval = int(usec) / 1e6 / 2
+    while True:
+        sd_notify("WATCHDOG=1")
+        await asyncio.sleep(interval)
 
 
 def systemd_socket() -> socket.socket | None:

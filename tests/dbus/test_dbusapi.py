@@ -7,17 +7,30 @@ come from python-dbusmock's polkitd template on the same bus.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import pwd
 import re
 import subprocess
+import threading
 import time
+from pathlib import Path
 
 import pyotp
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.introspection import Node
 
+import wire
 from privatebus import (
     BUS_NAME, DAEMON_UID, IFACE, NOBODY, PATH, POLKIT_IFACE, REPO, gdbus_as, gdbus_error,
 )
+from totpd import dbusapi
+from totpd.admission import Admission
+from totpd.audit import Audit
+from totpd.config import Config
+from totpd.sealing import Sealer, key_check, load_key
+from totpd.service import Service
+from totpd.store import open_store
 from pamdriver import PAM_SUCCESS
 from pamstack import Stack
 
@@ -289,26 +302,136 @@ def test_without_polkit_only_root_may_call(bus_without_polkit, totpd_on):
     assert ok(bus_without_polkit.totpd("GetStatus", "s", "nobody"))[0]["enrolled"].value is True
 
 
-def test_calls_in_flight_are_capped_per_uid_like_connections(bus, totpd_on):
-    totpd_on(bus, max_connections_per_uid=1)
-    bus.polkit_mock("SimulateHang", "b", True)  # the first call waits inside polkit
+@contextlib.contextmanager
+def a_call_hanging_in_polkit(bus):
+    """nobody's GetStatus, held inside polkit (so in flight) until the block ends; then
+    the list gets that call's stderr."""
+    bus.polkit_mock("SimulateHang", "b", True)
     hanging = subprocess.Popen(
         ["gdbus", "call", "--address", bus.address, "--dest", BUS_NAME, "--object-path", PATH,
          "--method", f"{IFACE}.GetStatus", "--", "nobody"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         user=NOBODY, group=NOBODY, extra_groups=[], cwd="/",
     )
+    errors: list[str] = []
     try:
         deadline = time.monotonic() + 10
         while not bus.polkit_mock("HaveHangingCalls").body[0]:
-            assert time.monotonic() < deadline, "the first call never reached polkit"
+            assert time.monotonic() < deadline, "the call never reached polkit"
             time.sleep(0.02)
-        assert gdbus_error(gdbus_as(NOBODY, bus, "GetStatus", "nobody")) == IFACE + ".Error.Busy"
-        assert error(bus.totpd("GetStatus", "s", "nobody")) == IFACE + ".Error.NotEnrolled"  # root is not capped
+        yield errors
     finally:
         bus.polkit_mock("ReleaseHangingCalls")
-        _out, err = hanging.communicate(timeout=30)
-    assert PERMISSION_DENIED in err  # the released call got polkit's "no"
+        errors.append(hanging.communicate(timeout=30)[1])
+
+
+def test_calls_in_flight_are_capped_per_uid_like_connections(bus, totpd_on):
+    totpd_on(bus, max_connections_per_uid=1)
+    with a_call_hanging_in_polkit(bus) as hung:
+        assert gdbus_error(gdbus_as(NOBODY, bus, "GetStatus", "nobody")) == IFACE + ".Error.Busy"
+        assert error(bus.totpd("GetStatus", "s", "nobody")) == IFACE + ".Error.NotEnrolled"  # root is not capped
+    assert PERMISSION_DENIED in hung[0]  # the released call got polkit's "no"
+
+
+# Run as another uid: one connection to totpd's socket, a ping, the status of the answer
+# (OK: the daemon admitted it; BUSY: it was refused), and the connection held until stdin closes.
+HOLD_A_CONNECTION = r"""
+import contextlib, socket, struct, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+with contextlib.suppress(BrokenPipeError):  # a refused connection is answered BUSY, then closed
+    s.sendall(b"TD\x01\x00" + struct.pack(">I", 5) + b"ping\n")
+header = s.recv(8)
+print(s.recv(struct.unpack(">I", header[4:])[0]).split(b"\n")[0].decode(), flush=True)
+sys.stdin.read()
+"""
+
+
+def test_one_per_uid_cap_counts_socket_connections_and_dbus_calls_together(bus, totpd_on):
+    daemon = totpd_on(bus, max_connections_per_uid=1, read_timeout=60)
+    daemon.enroll("nobody")
+    allow(bus, OWN)
+    holder = subprocess.Popen(
+        ["python3", "-c", HOLD_A_CONNECTION, daemon.socket_path], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        text=True, user=NOBODY, group=NOBODY, extra_groups=[], cwd="/",
+    )
+    try:
+        assert holder.stdout.readline().strip() == "OK"
+        # nobody's one place is taken by its socket connection: its D-Bus call is refused.
+        assert gdbus_error(gdbus_as(NOBODY, bus, "GetStatus", "nobody")) == IFACE + ".Error.Busy"
+    finally:
+        holder.communicate(input="", timeout=30)
+    assert gdbus_as(NOBODY, bus, "GetStatus", "nobody").returncode == 0  # the place is free again
+    assert polkit_checks(bus) == [("system-bus-name", OWN, 0)]  # the refused call never reached polkit
+
+
+def test_a_dbus_call_in_flight_takes_the_place_of_a_socket_connection(bus, totpd_on):
+    daemon = totpd_on(bus, max_connections_per_uid=1)
+    with a_call_hanging_in_polkit(bus):  # it holds nobody's one place
+        socket_answer = subprocess.run(
+            ["python3", "-c", HOLD_A_CONNECTION, daemon.socket_path], input="", capture_output=True, text=True,
+            user=NOBODY, group=NOBODY, extra_groups=[], cwd="/", timeout=30,
+        )
+        assert socket_answer.stdout.strip() == "BUSY", socket_answer.stderr
+    assert wire.request(daemon.socket_path, "ping").status == "OK"
+
+
+class InProcessTotpd:
+    """The D-Bus door onto a real Service in this process, its loop on a thread, so a
+    test can count what the service does (the daemon's own start-up is test_daemon.py's)."""
+
+    def __init__(self, directory: Path, bus, **settings) -> None:
+        self.config = Config(
+            database=str(directory / "totpd.db"), key_file=str(directory / "master.key"),
+            audit="stderr", dbus=bus.address, **settings,
+        )
+        sealer = Sealer(load_key(self.config.key_file, create=True))
+        self.store = open_store(self.config.database, key_check(sealer))
+        self.service = Service(self.config, self.store, sealer, Audit("stderr"))
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        admission = Admission(self.config.max_connections, self.config.max_connections_per_uid)
+        self.api = self._run(dbusapi.start(self.config, self.service, admission))
+        assert self.api is not None, "the in-process D-Bus door did not take its name"
+
+    def _run(self, work):
+        return asyncio.run_coroutine_threadsafe(work, self.loop).result(60)
+
+    def close(self) -> None:
+        self._run(self.api.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(30)
+        self.service.close()
+        self.store.close()
+
+
+def test_a_confirm_enrollment_looks_its_account_up_in_nss_once(bus, tmp_path, monkeypatch):
+    """The identity step's one lookup serves the service (the canonical name) and
+    polkit's question (whose account), and the service's own check of it."""
+    allow(bus, OWN)
+    lookups: list[str] = []
+    real_getpwnam = pwd.getpwnam
+
+    def counted(name: str):
+        lookups.append(name)
+        return real_getpwnam(name)
+
+    totpd = InProcessTotpd(tmp_path, bus, self_enroll=True, check_accounts=True)
+    try:
+        monkeypatch.setattr(pwd, "getpwnam", counted)
+        begun = gdbus_as(NOBODY, bus, "BeginEnrollment", "nobody", "@a{sv} {}")
+        assert begun.returncode == 0, begun.stderr
+        uri = re.search(r"'(otpauth://[^']+)'", begun.stdout).group(1)
+        lookups.clear()
+        confirmed = gdbus_as(NOBODY, bus, "ConfirmEnrollment", "nobody", oath_code(uri, time.time()))
+        assert confirmed.returncode == 0, confirmed.stderr
+        # At most one: a short-lived memo of names (identity.py) may answer in its place.
+        assert lookups in ([], ["nobody"]), lookups
+        # And the account was known to be the caller's own: polkit was asked manage-own.
+        assert [action for _, action, _ in polkit_checks(bus)] == [OWN, OWN]
+    finally:
+        totpd.close()
 
 
 # -- the bus policy and optional D-Bus ---------------------------------------------------------
