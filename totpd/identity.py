@@ -14,10 +14,16 @@ import dataclasses
 import grp
 import os
 import pwd
-from typing import TYPE_CHECKING
+import time
+from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
     from .policy import Rules
+    from .workers import Worker
+
+# How long a name NSS resolved is believed without asking again, and how many are kept.
+NAMES_TTL = 5.0
+NAMES_KEPT = 4096
 
 
 def lookup(name: str) -> pwd.struct_passwd | None:
@@ -37,11 +43,11 @@ def canonical(name: str) -> str:
     An unknown name is kept as given: it can match no account that NSS resolves (the
     store holds canonical names only), so it reaches the unknown-user answer.
     """
-    found = _resolve(name)
+    found = resolve(name)
     return name if found is None else found
 
 
-def _resolve(name: str) -> str | None:
+def resolve(name: str) -> str | None:
     """The canonical name for `name`, or None where NSS knows no such account."""
     entry = lookup(name)
     if entry is None:
@@ -52,9 +58,41 @@ def _resolve(name: str) -> str | None:
         return entry.pw_name
 
 
+class Names:
+    """The one identity step: a request's name to its canonical name (`canonical`), with
+    what NSS resolved in the last NAMES_TTL seconds kept on the event loop's thread.
+
+    Only names NSS knew are kept: a name it did not know is asked again every time, so
+    an account created a moment ago is found at once. A kept name is the answer NSS
+    gave at most NAMES_TTL seconds before, so a request is judged as it would have been
+    had it arrived that much earlier (docs/security.md). At most NAMES_KEPT names are
+    kept; the oldest goes first.
+    """
+
+    def __init__(self, nss: "Worker", ttl: float = NAMES_TTL, kept: int = NAMES_KEPT,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._nss, self._ttl, self._kept, self._clock = nss, ttl, kept, clock
+        self._found: dict[str, tuple[float, str]] = {}  # given -> (believed until, canonical)
+
+    async def canonical(self, given: str) -> str:
+        """The canonical name for `given`, as `canonical` says, from NSS or from what it said lately."""
+        now = self._clock()
+        kept = self._found.get(given)
+        if kept is not None and now < kept[0]:
+            return kept[1]
+        found = await self._nss.run(resolve, given)
+        self._found.pop(given, None)
+        if found is None:
+            return given
+        if len(self._found) >= self._kept:
+            del self._found[next(iter(self._found))]
+        self._found[given] = (now + self._ttl, found)
+        return found
+
+
 def canonical_names(names: tuple[str, ...]) -> tuple[tuple[str, ...], bool]:
     """`names` (a policy list) in canonical names, and whether NSS knew every one."""
-    found = [_resolve(name) for name in names]
+    found = [resolve(name) for name in names]
     return tuple(name if each is None else each for name, each in zip(names, found)), None not in found
 
 

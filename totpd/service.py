@@ -55,6 +55,7 @@ class Service:
         self.config = config
         self.store = store
         self.ctx = Context(config, Batcher(store), sealer, audit, clock)
+        self.names = identity.Names(self.ctx.nss)
         login = Login(self.ctx)
         lifecycle = Lifecycle(self.ctx, login)
         at_login = EnrollAtLogin(self.ctx, login, lifecycle)
@@ -106,7 +107,7 @@ class Service:
             fields = {key: value for key, value in fields.items() if key not in PAM_CONTEXT}
         given = request.user
         if given and self.config.check_accounts:
-            name = await self.ctx.nss.run(identity.canonical, given)
+            name = await self.names.canonical(given)
             if name != given:
                 return Request(request.verb, {**fields, "user": name}, as_given=given)
         return request if fields is request.fields else Request(request.verb, fields)
