@@ -249,3 +249,23 @@ def test_the_cpu_a_process_has_used_is_read_from_proc() -> None:
     while time.process_time() < deadline:
         pass
     assert 0.15 < bench.cpu_seconds(os.getpid()) - before < 2.0
+
+
+def test_the_check_accounts_run_has_accounts_nss_resolves_in_the_namespace_only(tmp_path) -> None:
+    """The run with check_accounts = true needs accounts NSS really resolves: bench.Passwd
+    writes them to the namespace's own copy of /etc, never the host's."""
+    import pwd
+
+    script = ("import sys; from pathlib import Path; sys.path[:0] = [sys.argv[1]]; import bench;"
+              " passwd = bench.Passwd(Path(sys.argv[2])); passwd.publish(['nb0', 'nb1']);"
+              " print(passwd.resolve_us(['nb0', 'nb1']))")
+    out = subprocess.run(["unshare", "--mount", "--propagation", "private", "--", sys.executable, "-c", script,
+                          str(bench.BENCH), str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout) > 0
+    for name in ("nb0", "nb1"):
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            continue
+        raise AssertionError(f"{name} reached the host's passwd")
