@@ -210,7 +210,8 @@ def test_the_before_and_after_table_gives_each_rows_median_and_ratio() -> None:
     def result(per_second: float, p99_us: float, pam_p50: float) -> dict:
         return {
             "daemon": [{"mode": "persistent", "clients": 64, "per_second": per_second, "p99_us": p99_us}],
-            "pam": [{"module": "totpd", "clients": 1, "per_second": 1000.0, "p50_ms": pam_p50}],
+            "pam": [{"module": "totpd", "clients": 1, "per_second": 1000.0, "p50_ms": pam_p50,
+                     "server_cpu_s": pam_p50 / 1000, "transactions": 4}],
         }
 
     text = ab.table({
@@ -221,6 +222,7 @@ def test_the_before_and_after_table_gives_each_rows_median_and_ratio() -> None:
     assert rows["daemon persistent, 64 client(s): verifications/s"] == ["200.00", "400.00", "2.00x"]
     assert rows["daemon persistent, 64 client(s): p99 ms"] == ["5.00", "2.00", "0.40x"]
     assert rows["PAM totpd, 1 client(s): p50 ms"] == ["2.00", "1.00", "0.50x"]
+    assert rows["PAM totpd, 1 client(s): daemon CPU us per login"] == ["500.00", "250.00", "0.50x"]
 
 
 def test_the_in_process_bench_answers_every_login_and_profiles_one_round(tmp_path) -> None:
