@@ -32,6 +32,8 @@ def rows_of(result: dict) -> dict[str, float]:
         name = f"PAM {run['module']}, {run['clients']} client(s)"
         rows[f"{name}: logins/s"] = run["per_second"]
         rows[f"{name}: p50 ms"] = run["p50_ms"]
+        if run.get("server_cpu_s"):  # the daemon's, for pam_totpd's rows
+            rows[f"{name}: daemon CPU us per login"] = run["server_cpu_s"] / run["transactions"] * 1e6
     for run in result.get("daemon", []):
         name = f"daemon {run['mode']}, {run['clients']} client(s)"
         rows[f"{name}: verifications/s"] = run["per_second"]

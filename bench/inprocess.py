@@ -17,10 +17,11 @@ What it leaves out: the sockets and the kernel's wake-ups, the syslog datagram
 (audit lines are formatted, not written), and, with the database on a tmpfs (the
 default, /dev/shm), the fsync: `--dir /var/tmp` puts a disk under it.
 `--pyinstrument` adds a round under pyinstrument (a test extra) and prints its
-call tree. Last, what `check_accounts = true` (the default; the bench turns it off,
-its accounts being in no passwd) adds to every request: one name resolved on the
-loop's thread, and through the service's NSS worker as `Service._identify` does, in
-CPU time of the whole process. docs/performance.md ("Fifth round") quotes it.
+call tree. Last, what resolving a name costs where `check_accounts = true` (the
+default; this bench's accounts are in no passwd, so it runs with false): one name
+resolved on the loop's thread, and through the service's NSS worker as
+`identity.Names` does when it has not seen the name lately, in CPU time of the
+whole process. docs/performance.md ("Where a login's time goes") quotes it.
 """
 
 from __future__ import annotations

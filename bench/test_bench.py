@@ -210,7 +210,8 @@ def test_the_before_and_after_table_gives_each_rows_median_and_ratio() -> None:
     def result(per_second: float, p99_us: float, pam_p50: float) -> dict:
         return {
             "daemon": [{"mode": "persistent", "clients": 64, "per_second": per_second, "p99_us": p99_us}],
-            "pam": [{"module": "totpd", "clients": 1, "per_second": 1000.0, "p50_ms": pam_p50}],
+            "pam": [{"module": "totpd", "clients": 1, "per_second": 1000.0, "p50_ms": pam_p50,
+                     "server_cpu_s": pam_p50 / 1000, "transactions": 4}],
         }
 
     text = ab.table({
@@ -221,6 +222,7 @@ def test_the_before_and_after_table_gives_each_rows_median_and_ratio() -> None:
     assert rows["daemon persistent, 64 client(s): verifications/s"] == ["200.00", "400.00", "2.00x"]
     assert rows["daemon persistent, 64 client(s): p99 ms"] == ["5.00", "2.00", "0.40x"]
     assert rows["PAM totpd, 1 client(s): p50 ms"] == ["2.00", "1.00", "0.50x"]
+    assert rows["PAM totpd, 1 client(s): daemon CPU us per login"] == ["500.00", "250.00", "0.50x"]
 
 
 def test_the_in_process_bench_answers_every_login_and_profiles_one_round(tmp_path) -> None:
@@ -249,3 +251,23 @@ def test_the_cpu_a_process_has_used_is_read_from_proc() -> None:
     while time.process_time() < deadline:
         pass
     assert 0.15 < bench.cpu_seconds(os.getpid()) - before < 2.0
+
+
+def test_the_check_accounts_run_has_accounts_nss_resolves_in_the_namespace_only(tmp_path) -> None:
+    """The run with check_accounts = true needs accounts NSS really resolves: bench.Passwd
+    writes them to the namespace's own copy of /etc, never the host's."""
+    import pwd
+
+    script = ("import sys; from pathlib import Path; sys.path[:0] = [sys.argv[1]]; import bench;"
+              " passwd = bench.Passwd(Path(sys.argv[2])); passwd.publish(['nb0', 'nb1']);"
+              " print(passwd.resolve_us(['nb0', 'nb1']))")
+    out = subprocess.run(["unshare", "--mount", "--propagation", "private", "--", sys.executable, "-c", script,
+                          str(bench.BENCH), str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout) > 0
+    for name in ("nb0", "nb1"):
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            continue
+        raise AssertionError(f"{name} reached the host's passwd")

@@ -14,10 +14,16 @@ import dataclasses
 import grp
 import os
 import pwd
-from typing import TYPE_CHECKING
+import time
+from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
     from .policy import Rules
+    from .workers import Worker
+
+# How long a name NSS resolved is believed without asking again, and how many are kept.
+NAMES_TTL = 5.0
+NAMES_KEPT = 4096
 
 
 def lookup(name: str) -> pwd.struct_passwd | None:
@@ -51,6 +57,39 @@ def account(name: str) -> tuple[str, int] | None:
         return pwd.getpwuid(entry.pw_uid).pw_name, entry.pw_uid
     except KeyError:
         return entry.pw_name, entry.pw_uid
+
+
+class Names:
+    """The one identity step: a request's name to its account (`account`: the canonical
+    name and uid), with what NSS resolved in the last NAMES_TTL seconds kept on the
+    event loop's thread.
+
+    Only names NSS knew are kept: a name it did not know is asked again every time, so
+    an account created a moment ago is found at once. A kept name is the answer NSS
+    gave at most NAMES_TTL seconds before, so a request is judged as it would have been
+    had it arrived that much earlier (docs/security.md). At most NAMES_KEPT names are
+    kept; the oldest goes first.
+    """
+
+    def __init__(self, nss: "Worker", ttl: float = NAMES_TTL, kept: int = NAMES_KEPT,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._nss, self._ttl, self._kept, self._clock = nss, ttl, kept, clock
+        self._found: dict[str, tuple[float, tuple[str, int]]] = {}  # given -> (believed until, account)
+
+    async def account(self, given: str) -> tuple[str, int] | None:
+        """The account `given` names, as `account` says, from NSS or from what it said lately."""
+        now = self._clock()
+        kept = self._found.get(given)
+        if kept is not None and now < kept[0]:
+            return kept[1]
+        found = await self._nss.run(account, given)
+        self._found.pop(given, None)
+        if found is None:
+            return None
+        if len(self._found) >= self._kept:
+            del self._found[next(iter(self._found))]
+        self._found[given] = (now + self._ttl, found)
+        return found
 
 
 def canonical_names(names: tuple[str, ...]) -> tuple[tuple[str, ...], bool]:

@@ -76,6 +76,7 @@ class Service:
         self.store = store
         self.audit = audit
         self.nss = Worker("nss", NSS_THREADS, NSS_WAITING)
+        self.names = identity.Names(self.nss)
         self.argon2 = Worker("argon2", ARGON2_THREADS, ARGON2_WAITING)
         self.events = Events()
         batcher, policy = Batcher(store), Policy(config)
@@ -151,7 +152,7 @@ class Service:
             fields = {key: value for key, value in fields.items() if key not in PAM_CONTEXT}
         given = request.user
         if given and (self.config.check_accounts or caller.uid != 0):
-            found = await self.nss.run(identity.account, given)
+            found = await self.names.account(given)
             name, uid = (given, -1) if found is None else found
             if name != given and self.config.check_accounts:
                 return Request(request.verb, {**fields, "user": name}, as_given=given, user_uid=uid)
