@@ -311,7 +311,8 @@ class Passwd:
 
         start = time.process_time()
         for user in users:
-            if (identity.account(user) or (,))[0] != user:
+            found = identity.account(user)
+            if found is None or found[0] != user:
                 raise SystemExit(f"NSS does not resolve the bench account {user}")
         return (time.process_time() - start) / len(users) * 1e6
 
