@@ -3,7 +3,7 @@
 
     sudo python3 bench/bench_postgres.py [--seconds 5] [--clients 1,16,64]
 
-Starts a throwaway PostgreSQL cluster (as tests/pgcluster.py does: initdb + pg_ctl on
+Starts a throwaway PostgreSQL cluster (as tests/helpers/pgcluster.py does: initdb + pg_ctl on
 a temp dir, a private socket, fsync and synchronous_commit on), two totpd daemons on
 it, and, for comparison, one daemon on SQLite. Accounts are provisioned with
 `totpctl import tsv`. Each client keeps one connection to a daemon (clients alternate
@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+sys.path[:0] = [str(REPO), str(REPO / "tests" / "helpers")]
 
 import pyotp  # noqa: E402
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE / "pam"), str(HERE.parent)]
+sys.path[:0] = [str(HERE / "helpers"), str(HERE.parent)]
 
 import pyotp  # noqa: E402
 

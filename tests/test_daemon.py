@@ -10,6 +10,7 @@ import select
 import shutil
 import sqlite3
 import stat
+import time
 
 import pytest
 

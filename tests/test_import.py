@@ -17,7 +17,6 @@ from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 import wire
 from test_pskc import Sealer, container, package, password_header, psk_header
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "pam"))
 import pamdriver  # noqa: E402
 
 

@@ -16,7 +16,6 @@ import pytest
 from totpd import importers, otp
 from totpd.errors import ImportFileError
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "pam"))
 import pamdriver  # noqa: E402
 
 SECRET_HEX = "3132333435363738393031323334353637383930"  # RFC 4226's test secret

@@ -75,7 +75,7 @@ def _totpd(config: Path | str, prefix: tuple[str, ...] = ()) -> Run:
 
 
 def _daemon(setup: Setup, prefix: tuple[str, ...] = (), **settings: object) -> Run:
-    """totpd on a test configuration (tests/daemonproc.py) with `settings` changed."""
+    """totpd on a test configuration (tests/helpers/daemonproc.py) with `settings` changed."""
     return _totpd(DaemonProcess(setup.top / "d", **settings).config_path, prefix)
 
 

@@ -45,7 +45,6 @@ from pathlib import Path
 import pyotp
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "pam"))
 import pamdriver  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent

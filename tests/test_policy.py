@@ -15,7 +15,6 @@ import pytest
 import wire
 from daemonproc import wrong_code
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "pam"))
 import pamdriver  # noqa: E402
 
 NOBODY = 65534

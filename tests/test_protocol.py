@@ -59,8 +59,8 @@ def _limits_of_the_pam_module() -> dict[str, object]:
 
 
 def _limits_of_the_fake_daemon() -> dict[str, object]:
-    """tests/pam/fakedaemon.py's constants, written apart from protocol.py on purpose."""
-    spec = importlib.util.spec_from_file_location("fakedaemon_limits", REPO / "tests" / "pam" / "fakedaemon.py")
+    """tests/helpers/fakedaemon.py's constants, written apart from protocol.py on purpose."""
+    spec = importlib.util.spec_from_file_location("fakedaemon_limits", REPO / "tests" / "helpers" / "fakedaemon.py")
     fake = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # its dataclasses look themselves up there
     spec.loader.exec_module(fake)
     names = [name for name in vars(fake) if name.startswith("MAX_")]
@@ -80,7 +80,7 @@ def test_the_wire_limits_agree_across_the_daemon_the_pam_module_its_fake_daemon_
     framing = {"MAGIC", "VERSION", "HEADER_SIZE", "MAX_REQUEST_PAYLOAD", "MAX_AUTH_REPLY_PAYLOAD",
                "MAX_ENROLL_REPLY_PAYLOAD", "MAX_LINES", "MAX_MESSAGE", "MAX_TOKEN"}
     for where, limits in [("pam/wire.h", _limits_of_the_pam_module()),
-                          ("tests/pam/fakedaemon.py", _limits_of_the_fake_daemon()),
+                          ("tests/helpers/fakedaemon.py", _limits_of_the_fake_daemon()),
                           ("docs/protocol.md", _limits_of_the_document())]:
         assert {name: daemon.get(name, "missing from protocol.py") for name in limits} == limits, where
         assert framing - {"MAGIC", "VERSION", "HEADER_SIZE", "MAX_TOKEN"} <= limits.keys(), where

@@ -31,7 +31,6 @@ from totpd.protocol import encode_request
 from totpd.sealing import Sealer, load_key
 from totpd.sealing import secret_context
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "pam"))
 import pamdriver  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent

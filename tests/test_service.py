@@ -43,7 +43,6 @@ import wire
 from daemonproc import NOBODY, RECOVERY_SHAPED, flood_as
 from test_protocol import DOCUMENTED_STATUSES, SAFE_TEXT
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "pam"))
 import pamdriver  # noqa: E402
 
 def timed(call) -> float:

@@ -11,7 +11,6 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "pam"))
 
 from privatebus import BUS_NAME, REPO, PrivateBus, Subscriber  # noqa: E402
 

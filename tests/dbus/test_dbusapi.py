@@ -32,7 +32,7 @@ from totpd.sealing import Sealer, key_check, load_key
 from totpd.service import Service
 from totpd.store import open_store
 from pamdriver import PAM_SUCCESS
-from pamstack import Stack
+from pamconf import Stack
 
 PERMISSION_DENIED = IFACE + ".Error.PermissionDenied"
 INTERACTIVE = "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired"

@@ -6,7 +6,7 @@ passes the name as the client typed it. Here tests/nss/nss_totpdfold.c plays tha
 service inside the namespace (`passwd` and `shadow`: files, then totpdfold), so
 `TVICTIM`, `Tvictim` and `tvictim@EXAMPLE` are all the account `tvictim`,
 enrolled with a known secret, under `check_accounts = true` and a policy that
-names tvictim. Logins go through real libpam (tests/pam/pamdriver.py, run inside
+names tvictim. Logins go through real libpam (tests/helpers/pamdriver.py, run inside
 the namespace) and through a real sshd; codes come from oathtool.
 """
 
@@ -28,7 +28,7 @@ import pytest
 from daemonproc import wrong_code
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests" / "pam"))
+sys.path.insert(0, str(REPO / "tests" / "helpers"))
 import pamdriver  # noqa: E402
 
 NSS_SOURCE = REPO / "tests" / "nss" / "nss_totpdfold.c"

@@ -15,7 +15,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import fakedaemon  # noqa: E402
-from pamstack import Stack  # noqa: E402
+from pamconf import Stack  # noqa: E402
 
 REPO = HERE.parent.parent
 PAM_DIR = REPO / "pam"

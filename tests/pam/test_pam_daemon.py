@@ -10,7 +10,7 @@ import pyotp
 import pytest
 
 from daemonproc import wrong_code
-from pamstack import Stack
+from pamconf import Stack
 from pamdriver import (
     PAM_AUTH_ERR, PAM_AUTHINFO_UNAVAIL, PAM_MAXTRIES, PAM_PROMPT_ECHO_OFF, PAM_PROMPT_ECHO_ON, PAM_SUCCESS,
     PAM_TEXT_INFO,

@@ -108,7 +108,7 @@ def test_a_process_with_its_standard_descriptors_closed_reaches_the_daemon_on_a_
 
     fake_daemon(handler)
     out = workdir / "retcode.json"
-    subprocess.run([sys.executable, "-c", CLOSED_STDIO_DRIVER, str(HERE), str(out), stack.service,
+    subprocess.run([sys.executable, "-c", CLOSED_STDIO_DRIVER, str(HERE.parent / "helpers"), str(out), stack.service,
                     str(stack.confdir)], check=True, timeout=60)
     assert json.loads(out.read_text()) == PAM_SUCCESS
     assert seen == [("check", []), ("verify", [])]
