@@ -4,6 +4,9 @@ listeners of events, and a request's token fields."""
 
 from __future__ import annotations
 
+import asyncio
+import pwd
+
 import pytest
 
 import wire
@@ -11,8 +14,11 @@ from daemon_fixtures import both_backends
 from daemonproc import code_at as code
 from totpd.authorization import Caller
 from totpd.errors import ProtocolError
-from totpd.handling import Events, door_of, token_fields
+from totpd.config import Config
+from totpd.handling import Directory, Events, door_of, token_fields
+from totpd.policy import Policy
 from totpd.protocol import Request
+from totpd.workers import Worker
 
 
 def verify(daemon, user: str, value: str, service: str = "sshd"):
@@ -76,3 +82,22 @@ def test_a_code_checked_outside_a_login_is_audited_under_the_door_it_came_by():
     assert door_of(Caller(1, 0, 0)) == "totpctl"
     assert door_of(Caller(1, 1000, 1000)) == "totpctl"
     assert {door_of(Caller(1, 0, 0, granted=grant)) for grant in ("any", "own", "none")} == {"dbus"}
+
+
+def test_whether_an_account_exists_is_the_identity_steps_answer_with_no_second_lookup(monkeypatch):
+    asked: list[str] = []
+    monkeypatch.setattr(pwd, "getpwnam", lambda name: asked.append(name) or (_ for _ in ()).throw(KeyError(name)))
+    config = Config(check_accounts=True)
+    nss = Worker("nss", 1, 8)
+    directory = Directory(config, Policy(config), nss, lambda: 0.0)
+
+    async def exists(uid: int | None) -> bool:
+        return await directory.exists(Request("check", {"user": "alice"}, user_uid=uid))
+
+    try:
+        assert [asyncio.run(exists(1000)), asyncio.run(exists(-1))] == [True, False]
+        assert asked == []  # the identity step already asked NSS
+        assert asyncio.run(exists(None)) is False  # a request it did not see is looked up
+        assert asked == ["alice"]
+    finally:
+        nss.close()

@@ -62,7 +62,7 @@ class Enrollment:
         if not admin and not (config.self_enroll and await gate.authority.is_self(caller, request)):
             gate.record(request, caller, event, "forbidden", level="warning")
             return reply("FORBIDDEN", f"uid {caller.uid} may not {'add tokens to' if adding else 'enroll'} account '{user}'")
-        if not await self.directory.exists(user):
+        if not await self.directory.exists(request):
             gate.record(request, caller, event, "unknown_user")
             return reply("UNKNOWN_USER", f"no account '{user}' on this host")
         name, kind, counter = token_fields(request)

@@ -156,15 +156,19 @@ class Directory:
         self._clock = clock
         self._rules_resolved: dict[Rules, Rules] = {}
 
-    async def exists(self, user: str) -> bool:
+    async def exists(self, request: Request) -> bool:
+        """Does NSS know the request's account? The identity step's answer where it asked
+        (`user_uid`, -1 for no such account), so a request pays one lookup, not two."""
         if not self._check_accounts:
             return True
-        return await self._nss.run(identity.lookup, user) is not None
+        if request.user_uid is not None:
+            return request.user_uid != -1
+        return await self._nss.run(identity.lookup, request.user) is not None
 
     async def unenrolled_outcome(self, request: Request, caller: Caller, offer: bool) -> Outcome:
         """The policy's outcome for an account with no active enrollment; with `offer`,
         ENROLL in place of DENIED for root's PAM login where enroll_at_login is on."""
-        if not await self.exists(request.user):
+        if not await self.exists(request):
             return Outcome("UNKNOWN_USER")
         rules = await self._canonical_rules(self._policy.rules(request.get("service")))
         groups = await self._nss.run(identity.groups_of, request.user) if rules.needs_groups else frozenset()
