@@ -26,7 +26,7 @@ from totpd.store.sqlite import EARLIER_RELEASES_REFUSE
 from test_store import KEY, database, enroll, last  # noqa: F401  (database: the two-backend fixture)
 
 # main before the version's record was one: schema 2, SQLite's version in PRAGMA user_version.
-PREVIOUS_RELEASE = "70ad336"
+PREVIOUS_RELEASE = "70ad3368582ce5b2d587b102e7d9ee17bc8a1547"
 SEALER = Sealer(KEY)
 
 
@@ -240,10 +240,11 @@ open_store(sys.argv[1], key_check(Sealer(bytes(range(32)))), StoreOptions()).clo
 def previous_release(tmp_path_factory) -> Path:
     """The tree of totpd/ at PREVIOUS_RELEASE."""
     tree = tmp_path_factory.mktemp("previous")
-    archive = subprocess.run(
-        ["git", "-C", str(Path(__file__).resolve().parents[1]), "archive", PREVIOUS_RELEASE, "totpd"],
-        capture_output=True, check=True,
-    ).stdout
+    git = ["git", "-C", str(Path(__file__).resolve().parents[1])]
+    if subprocess.run([*git, "cat-file", "-e", PREVIOUS_RELEASE + "^{commit}"], capture_output=True).returncode:
+        # A shallow clone: bring that commit from where this one came from.
+        subprocess.run([*git, "fetch", "--quiet", "origin", PREVIOUS_RELEASE], capture_output=True, check=True)
+    archive = subprocess.run([*git, "archive", PREVIOUS_RELEASE, "totpd"], capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
     return tree
 
