@@ -63,12 +63,14 @@ class Audit:
         level: str = "info",
         detail: str = "",
     ) -> None:
-        fields = (
-            ("event", event), ("user", user), ("given", given), ("service", service), ("rhost", rhost),
-            ("token", token), ("uid", uid), ("result", result), ("detail", detail),
-        )
-        # A field without a value (empty, or no uid) is left out of the line.
-        line = "audit " + " ".join([f"{key}={quote(value)}" for key, value in fields if value != "" and value is not None])
+        fields = [("event", event), ("user", user), ("given", given), ("service", service), ("rhost", rhost)]
+        if token:
+            fields.append(("token", token))
+        fields.append(("uid", "" if uid is None else uid))
+        fields.append(("result", result))
+        if detail:
+            fields.append(("detail", detail))
+        line = "audit " + " ".join(f"{key}={quote(value)}" for key, value in fields if value != "")
         if self._syslog:
             syslog.syslog(_LEVELS.get(level, syslog.LOG_INFO), line)
             return

@@ -33,12 +33,11 @@ READ_CHUNK = 64 * 1024
 # Connections taken per wake-up of the listening socket, so a flood cannot starve replies.
 ACCEPT_BATCH = 64
 
-_PEERCRED = struct.Struct("3i")  # pid, uid, gid
 _BUSY = encode_reply(Reply("BUSY", {"message": "The two-factor service is busy; try again."}))
 
 
 def _peer(sock: socket.socket) -> Caller:
-    pid, uid, gid = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+    pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
     return Caller(pid, uid, gid)
 
 
@@ -58,7 +57,7 @@ class Connection:
 
     __slots__ = (
         "server", "sock", "fd", "caller", "buffer", "outgoing", "session",
-        "busy", "eof", "closed", "reading", "deadline", "task",
+        "busy", "eof", "closed", "reading", "deadline",
     )
 
     def __init__(self, server: "Server", sock: socket.socket, caller: Caller) -> None:
@@ -74,7 +73,6 @@ class Connection:
         self.closed = False
         self.reading = True
         self.deadline = server.loop.time() + server.config.read_timeout
-        self.task: asyncio.Task | None = None  # the latest request's: the loop keeps only a weak reference
         server._live.add(self)  # before the first read, which may already end it
         server.loop.add_reader(self.fd, self._readable)
         self._readable()  # a client writes as soon as it connects: often it already has
@@ -157,7 +155,7 @@ class Connection:
             self.reading = True
             self.server.loop.add_reader(self.fd, self._readable)
         self.busy = True
-        self.task = self.server.answer(payload, self.caller, self.session, self._replied)
+        self.server.answer(payload, self.caller, self.session, self._replied)
 
     def _replied(self, reply: Reply) -> None:
         self.busy = False
@@ -228,7 +226,9 @@ class Server:
         self._accepting = False
         self._draining = False
         self._in_flight = 0
-        self._idle = asyncio.Event()  # set once draining and nothing is in flight
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._tasks: set[asyncio.Task] = set()  # requests being answered
         self._sweeper: asyncio.Task | None = None
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by start()
 
@@ -248,9 +248,8 @@ class Server:
         if self._sweeper is not None:
             self._sweeper.cancel()
         self._stop_accepting()
-        if self._in_flight:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), SHUTDOWN_GRACE)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), SHUTDOWN_GRACE)
 
     def close(self) -> None:
         """Hang up on every connection left and close the listening socket."""
@@ -311,19 +310,19 @@ class Server:
         self._live.discard(connection)
         self.admission.release(connection.caller.uid)
 
-    def answer(
-        self, payload: bytes, caller: Caller, session: Session, done: Callable[[Reply], None]
-    ) -> asyncio.Task | None:
-        """Decode one request and have the service answer it; `done` gets the reply, once.
-        The task answering it is returned for the caller to hold (None: answered already)."""
+    def answer(self, payload: bytes, caller: Caller, session: Session, done: Callable[[Reply], None]) -> None:
+        """Decode one request and have the service answer it; `done` gets the reply, once."""
         try:
             request = decode_request(payload)
         except ProtocolError as exc:
             log.warning("uid %d pid %d: bad request: %s", caller.uid, caller.pid, exc)
             done(Reply("BAD_REQUEST", {"message": str(exc)}))
-            return None
+            return
         self._in_flight += 1
-        return self.loop.create_task(self._handle(request, caller, session, done))
+        self._idle.clear()
+        task = self.loop.create_task(self._handle(request, caller, session, done))
+        self._tasks.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(self._tasks.discard)
 
     async def _handle(self, request: Request, caller: Caller, session: Session, done: Callable[[Reply], None]) -> None:
         try:
@@ -332,6 +331,6 @@ class Server:
             log.exception("internal error while handling '%s' from uid %d", request.verb, caller.uid)
             reply = internal_error()
         self._in_flight -= 1
-        if self._draining and not self._in_flight:
+        if not self._in_flight:
             self._idle.set()
         done(reply)
