@@ -480,14 +480,15 @@ def round_ratio(base: dict, peer: dict, key: str) -> float:
 
 def bench_floor(modules: PamModules, count: int) -> list[dict]:
     """8 PAM clients against bench/floor_server.py: canned answers, then with a group
-    commit, then that on asyncio with a task per verification (as totpd/server.py)."""
+    commit, then that on asyncio with a task per verification, then totpd/server.py
+    itself in front of a canned service with that group commit."""
     rows = []
-    for durable, on_asyncio in ((False, False), (True, False), (True, True)):
+    for durable, on_asyncio in ((False, False), (True, False), (True, True), (True, "totpd")):
         command = [sys.executable, FLOOR_SERVER, str(modules.top / "floor.sock")]
         if durable:
             command += ["--durable", str(modules.top / "floor.log")]
         if on_asyncio:
-            command += ["--asyncio"]
+            command += ["--totpd-server" if on_asyncio == "totpd" else "--asyncio"]
         server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
         try:
             server.stdout.readline()
@@ -509,6 +510,8 @@ def bench_floor(modules: PamModules, count: int) -> list[dict]:
 
 
 def floor_label(row: dict) -> str:
+    if row.get("asyncio") == "totpd":
+        return "totpd/server.py, a canned service, fdatasync per batch"
     return ("fdatasync per batch" if row["durable"] else "canned") + (", asyncio and a task each" if row.get("asyncio") else "")
 
 
@@ -790,11 +793,15 @@ def report(args: argparse.Namespace, pam_rows: list[dict], floor: list[dict], ma
             ratio = row["per_second"] / by[("google", row["clients"])]["per_second"]
             print(f"- ceiling, {row['clients']} PAM clients: a bare Python server with one fdatasync per batch"
                   f" (bench/floor_server.py) made {ratio:.2f}x google-authenticator's logins/s in this run")
-    on_loop = next((row for row in floor if row.get("asyncio")), None)
-    if ("totpd", 8) in by and durable_floor is not None and on_loop is not None:
+    on_loop = next((row for row in floor if row.get("asyncio") is True), None)
+    socket_layer = next((row for row in floor if row.get("asyncio") == "totpd"), None)
+    if ("totpd", 8) in by and durable_floor is not None and on_loop is not None and socket_layer is not None:
+        daemon_us = cpu_per_login_us(by[("totpd", 8)])
         print(f"- CPU per login, {PAM_CONCURRENCY} PAM clients (/proc): the floor with fdatasync"
               f" {cpu_per_login_us(durable_floor):.0f} us, the same on asyncio with a task per verification"
-              f" {cpu_per_login_us(on_loop):.0f} us, totpd {cpu_per_login_us(by[('totpd', 8)]):.0f} us")
+              f" {cpu_per_login_us(on_loop):.0f} us, totpd/server.py with a canned service"
+              f" {cpu_per_login_us(socket_layer):.0f} us, totpd {daemon_us:.0f} us"
+              f" (its service's work: {daemon_us - cpu_per_login_us(socket_layer):.0f} us)")
     for phase, label in (("pam", "before each PAM round"), ("daemon", "before the daemon runs")):
         if disk.get(phase):
             print(f"- the disk {label}: 4 KiB pwrite + fdatasync, median"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The floor: the least a Python daemon can do for a PAM login, to measure it by.
 
-    floor_server.py SOCKET [--durable FILE] [--asyncio]
+    floor_server.py SOCKET [--durable FILE] [--asyncio | --totpd-server]
 
 Speaks totpd's framing (docs/protocol.md) on SOCKET with canned answers: `check`
 gets NEED_CODE, every other request ACCEPTED; no parsing beyond the verb, no store,
@@ -10,7 +10,11 @@ no crypto, no audit line. One thread on a bare epoll loop, no asyncio. With
 only after one 4 KiB write and fdatasync of FILE: a group commit and nothing else.
 With `--asyncio`, the same on asyncio's loop as totpd/server.py drives it (a reader
 callback per connection, a task per verification awaiting its batch's commit): the
-difference between the two is what the standard machinery costs a login.
+difference between the two is what the standard machinery costs a login. With
+`--totpd-server`, totpd's own socket server (totpd/server.py: its connections,
+framing, limits, request decoding and a task per request) in front of a service
+that gives the same canned answers after the same group commit: the difference
+between it and the daemon is what the service's work costs (docs/performance.md).
 
 bench/bench.py drives it with pam_totpd and bench/pamdrive exactly as it drives
 totpd, so the rows it makes are a ceiling for any single-process Python daemon on
@@ -143,13 +147,59 @@ async def serve_asyncio(path: str, durable: str | None) -> None:
     await asyncio.Event().wait()
 
 
+async def serve_totpd_server(path: str, durable: str | None) -> None:
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from totpd.admission import Admission
+    from totpd.config import Config
+    from totpd.protocol import Reply
+    from totpd.server import Server
+
+    loop = asyncio.get_running_loop()
+    log_fd = os.open(durable, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600) if durable else -1
+    block = bytes(4096)
+    waiting: list[asyncio.Future] = []
+
+    def commit() -> None:
+        batch = waiting[:]
+        waiting.clear()
+        if log_fd >= 0:
+            os.pwrite(log_fd, block, 0)
+            os.fdatasync(log_fd)
+        for future in batch:
+            future.set_result(None)
+
+    class Canned:
+        """In place of totpd.service.Service: no identity step, store, crypto or audit."""
+
+        async def handle(self, request, caller, session=None):  # noqa: ANN001, ANN201
+            if request.verb == "check":
+                return Reply("NEED_CODE", {"prompt": "Verification code: "})
+            if not waiting:
+                loop.call_soon(commit)
+            waiting.append(loop.create_future())
+            await waiting[-1]
+            return Reply("ACCEPTED", {})
+
+    config = Config(max_connections=4096, max_connections_per_uid=4096)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    listener.bind(path)
+    listener.listen(512)
+    Server(config, Canned(), Admission(config.max_connections, config.max_connections_per_uid)).start(listener)  # type: ignore[arg-type]
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("socket")
     parser.add_argument("--durable", help="write and fdatasync this file once per batch of verifications")
-    parser.add_argument("--asyncio", action="store_true", help="serve on asyncio's event loop, a task per verification")
+    how = parser.add_mutually_exclusive_group()
+    how.add_argument("--asyncio", action="store_true", help="serve on asyncio's event loop, a task per verification")
+    how.add_argument("--totpd-server", action="store_true", help="serve through totpd/server.py, a canned service")
     args = parser.parse_args()
-    if args.asyncio:
+    if args.totpd_server:
+        asyncio.run(serve_totpd_server(args.socket, args.durable))
+    elif args.asyncio:
         asyncio.run(serve_asyncio(args.socket, args.durable))
     else:
         serve(args.socket, args.durable)

@@ -179,13 +179,13 @@ def test_the_disk_probe_times_real_syncs_and_leaves_nothing_behind(tmp_path) -> 
     assert 0 < median < 5_000_000 and list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("durable, on_asyncio", [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("durable, on_asyncio", [(False, False), (True, False), (False, True), (True, True), (True, "totpd")])
 def test_the_floor_server_answers_like_a_daemon_and_syncs_when_asked(tmp_path, durable, on_asyncio) -> None:
     from totpd.protocol import HEADER_SIZE, MAX_REPLY_PAYLOAD, decode_reply, encode_request, parse_header
 
     path, log = tmp_path / "floor.sock", tmp_path / "floor.log"
     command = [sys.executable, bench.FLOOR_SERVER, str(path)] + (["--durable", str(log)] if durable else [])
-    command += ["--asyncio"] if on_asyncio else []
+    command += ["--totpd-server" if on_asyncio == "totpd" else "--asyncio"] if on_asyncio else []
     server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout.readline() == "ready\n"
