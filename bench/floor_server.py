@@ -88,31 +88,42 @@ def serve(path: str, durable: str | None) -> None:
             conn.send(ACCEPTED)
 
 
+class GroupCommit:
+    """On asyncio: the verifications of one loop turn wait for one 4 KiB write and
+    fdatasync of FILE (none without one)."""
+
+    def __init__(self, durable: str | None) -> None:
+        self.fd = os.open(durable, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600) if durable else -1
+        self.block = bytes(4096)
+        self.waiting: list[asyncio.Future] = []
+
+    def wait(self) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        if not self.waiting:
+            loop.call_soon(self._commit)
+        self.waiting.append(loop.create_future())
+        return self.waiting[-1]
+
+    def _commit(self) -> None:
+        batch, self.waiting = self.waiting, []
+        if self.fd >= 0:
+            os.pwrite(self.fd, self.block, 0)
+            os.fdatasync(self.fd)
+        for future in batch:
+            future.set_result(None)
+
+
 async def serve_asyncio(path: str, durable: str | None) -> None:
     loop = asyncio.get_running_loop()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     listener.bind(path)
     listener.listen(512)
     listener.setblocking(False)
-    log_fd = os.open(durable, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600) if durable else -1
-    block = bytes(4096)
-    waiting: list[asyncio.Future] = []
+    committed = GroupCommit(durable)
     tasks: set[asyncio.Task] = set()
 
-    def commit() -> None:
-        batch = waiting[:]
-        waiting.clear()
-        if log_fd >= 0:
-            os.pwrite(log_fd, block, 0)
-            os.fdatasync(log_fd)
-        for future in batch:
-            future.set_result(None)
-
     async def verify(conn: socket.socket) -> None:
-        if not waiting:
-            loop.call_soon(commit)
-        waiting.append(loop.create_future())
-        await waiting[-1]
+        await committed.wait()
         conn.send(ACCEPTED)
 
     def readable(conn: socket.socket) -> None:
@@ -154,19 +165,7 @@ async def serve_totpd_server(path: str, durable: str | None) -> None:
     from totpd.protocol import Reply
     from totpd.server import Server
 
-    loop = asyncio.get_running_loop()
-    log_fd = os.open(durable, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600) if durable else -1
-    block = bytes(4096)
-    waiting: list[asyncio.Future] = []
-
-    def commit() -> None:
-        batch = waiting[:]
-        waiting.clear()
-        if log_fd >= 0:
-            os.pwrite(log_fd, block, 0)
-            os.fdatasync(log_fd)
-        for future in batch:
-            future.set_result(None)
+    committed = GroupCommit(durable)
 
     class Canned:
         """In place of totpd.service.Service: no identity step, store, crypto or audit."""
@@ -174,10 +173,7 @@ async def serve_totpd_server(path: str, durable: str | None) -> None:
         async def handle(self, request, caller, session=None):  # noqa: ANN001, ANN201
             if request.verb == "check":
                 return Reply("NEED_CODE", {"prompt": "Verification code: "})
-            if not waiting:
-                loop.call_soon(commit)
-            waiting.append(loop.create_future())
-            await waiting[-1]
+            await committed.wait()
             return Reply("ACCEPTED", {})
 
     config = Config(max_connections=4096, max_connections_per_uid=4096)
