@@ -52,11 +52,7 @@ class Authority:
         identity step; a request that did not pass it (one a handler built) is looked up."""
         if caller.granted == "none":
             return False
-        uid = request.user_uid
-        if uid is None:
-            entry = await self._nss.run(identity.lookup, request.user)
-            uid = -1 if entry is None else entry.pw_uid
-        return uid == caller.uid
+        return await identity.uid_of(request.user, request.user_uid, self._nss) == caller.uid
 
     async def may_act_on(self, caller: Caller, request: Request, allow_self: bool) -> bool:
         return await self.is_admin(caller) or (allow_self and await self.is_self(caller, request))

@@ -78,7 +78,12 @@ def _read(path: str) -> bytes:
 def anchor_of(pid: int, read: Callable[[int], Process | None] = read_process) -> Anchor | None:
     """The anchor of `pid`'s login session, or None: outside a session, or an ancestor unreadable."""
     process = read(pid)
-    if process is None or process.session == UNSET:
+    return None if process is None else session_anchor(process, read)
+
+
+def session_anchor(process: Process, read: Callable[[int], Process | None] = read_process) -> Anchor | None:
+    """anchor_of for a process already read."""
+    if process.session == UNSET:
         return None
     for _ in range(MAX_DEPTH):
         if process.ppid == 0:
@@ -103,7 +108,7 @@ def candidates(pid: int, read: Callable[[int], Process | None] = read_process) -
     if process is None:
         return ()
     if process.session != UNSET:
-        anchor = anchor_of(pid, read)
+        anchor = session_anchor(process, read)
         return (anchor,) if anchor is not None else ()
     parent = read(process.ppid)
     # Only a parent that is no session's yet may open this one, and never init itself.
@@ -179,8 +184,9 @@ class Graces:
         kept = [grace for grace in self._current(user, now) if grace.anchors != anchors]
         self._by_user[user] = kept[-(self.MAX_PER_ACCOUNT - 1):] + [Grace(anchors, now)]
 
-    async def grants(self, user: str, pid: int, seconds: int, nss: Worker) -> bool:
-        """Is `user`'s PAM request from process `pid` inside one of its graces of `seconds`?"""
+    async def grants(self, user: str, pid: int, seconds: int, nss: Worker, known_uid: int | None = None) -> bool:
+        """Is `user`'s PAM request from process `pid` inside one of its graces of `seconds`?
+        `known_uid`: the account's uid where the service's identity step resolved it."""
         if seconds <= 0:
             return False
         if not self._current(user, self._clock()):
@@ -188,10 +194,10 @@ class Graces:
         caller = self._read(pid)
         if caller is None:
             self._hidden(pid)
-        anchor = anchor_of(pid, self._read) if caller is not None else None
-        entry = await nss.run(identity.lookup, user)
+        anchor = session_anchor(caller, self._read) if caller is not None else None
+        uid = await identity.uid_of(user, known_uid, nss)
         now = self._clock()  # after the lookup: a failure meanwhile has ended the graces
-        return granted(seconds, self._current(user, now), caller, anchor, entry.pw_uid if entry else None, now)
+        return granted(seconds, self._current(user, now), caller, anchor, uid if uid >= 0 else None, now)
 
     def forget(self, user: str) -> None:
         """Every grace of the account ends (a failure, a reset, a lock, an unlock)."""

@@ -161,9 +161,7 @@ class Directory:
         (`user_uid`, -1 for no such account), so a request pays one lookup, not two."""
         if not self._check_accounts:
             return True
-        if request.user_uid is not None:
-            return request.user_uid != -1
-        return await self._nss.run(identity.lookup, request.user) is not None
+        return await identity.uid_of(request.user, request.user_uid, self._nss) != -1
 
     async def unenrolled_outcome(self, request: Request, caller: Caller, offer: bool) -> Outcome:
         """The policy's outcome for an account with no active enrollment; with `offer`,

@@ -59,6 +59,16 @@ def account(name: str) -> tuple[str, int] | None:
         return entry.pw_name, entry.pw_uid
 
 
+async def uid_of(name: str, known: int | None, nss: "Worker") -> int:
+    """The uid of the account `name` names, -1 where NSS knows none: `known`, the
+    service's identity step's answer (`Request.user_uid`), where that step asked NSS,
+    else one lookup on the NSS worker."""
+    if known is not None:
+        return known
+    entry = await nss.run(lookup, name)
+    return -1 if entry is None else entry.pw_uid
+
+
 class Names:
     """The one identity step: a request's name to its account (`account`: the canonical
     name and uid), with what NSS resolved in the last NAMES_TTL seconds kept on the

@@ -52,7 +52,7 @@ class Login:
             self.gate.record(request, caller, "check", "accepted_remembered_host")
             return reply("ACCEPTED")
         grace = policy.rules(request.get("service")).sudo_grace
-        if is_pam(caller) and await self.earned.graces.grants(user, caller.pid, grace, self.nss):
+        if is_pam(caller) and await self.earned.graces.grants(user, caller.pid, grace, self.nss, request.user_uid):
             self.gate.record(request, caller, "check", "accepted_grace")
             return reply("ACCEPTED")
         return reply("NEED_CODE", prompt=PROMPT)
