@@ -171,6 +171,8 @@ def test_self_enrollment_is_off_by_default(daemon):
 
 def test_a_user_enrolls_their_own_account_and_replacing_it_needs_proof(make_daemon):
     daemon = make_daemon(self_enroll=True)
+    while time.time() % 30 > 20:  # the previous step's code must stay within reach until it is judged
+        time.sleep(0.2)
     secret = pyotp.random_base32(32)
     first = pyotp.TOTP(secret).at(time.time() - 30)
     result = daemon.ctl("enroll", "--json", "--secret-file", "-", input=f"{secret}\n{first}\n", user=NOBODY)
